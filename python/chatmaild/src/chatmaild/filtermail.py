@@ -1,0 +1,232 @@
+"""filtermail: Postfix's before-queue filter that lets only encrypted mail through.
+
+Postfix hands every message to this SMTP server (``smtpd_proxy_filter``)
+before it accepts it, so a refusal here reaches the sending client directly
+and no bounce is ever generated for it. Accepted messages are passed back to
+a second Postfix listener ("reinjection") byte for byte.
+
+Two modes, one process each:
+
+* ``outgoing`` sits behind submission: our own users may send only
+  encrypted mail (plus Secure-Join requests and self-sent Autocrypt Setup
+  Messages), and only under their own address.
+* ``incoming`` sits behind port 25: other servers may deliver encrypted
+  mail, bounces, and cleartext to recipients that still accept it.
+
+The decisions themselves live in :mod:`chatmaild.mimecheck`; this module is
+the SMTP plumbing around them, on one asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import aiosmtplib
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
+from . import mimecheck
+from .config import Config, ConfigError, read_config
+from .logsetup import add_verbose_flag, setup_logging
+
+log = logging.getLogger(__name__)
+
+LISTEN_HOST = "127.0.0.1"
+REINJECT_HOST = "127.0.0.1"
+REINJECT_TIMEOUT_SECONDS = 60.0
+MODES = ("outgoing", "incoming")
+NULL_SENDER = "<>"
+
+# Delivery status notification parameters (RFC 3461) on MAIL FROM. We do not
+# act on them, and Postfix sends them through the proxy filter.
+MAIL_DSN_PARAMETERS = frozenset({"RET", "ENVID"})
+
+
+class ParameterTolerantSMTP(SMTP):
+    """aiosmtpd's SMTP server, but accepting ESMTP parameters it does not implement.
+
+    aiosmtpd refuses ``RCPT TO:<a@b> NOTIFY=NEVER ORCPT=rfc822;a@b`` with
+    ``555 RCPT TO parameters not recognized``, because it implements no RCPT
+    parameters at all, and likewise ``RET=``/``ENVID=`` on MAIL FROM. Postfix
+    and other MTAs send these delivery-status parameters, and a filter that
+    refuses them refuses the mail. We still check their syntax, but then
+    ignore them; they stay visible in ``envelope.rcpt_options``.
+    aiosmtpd offers no public hook for this, so the private ``_getparams``
+    is overridden, and a test pins the behaviour across aiosmtpd releases.
+    """
+
+    _in_rcpt = False
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._in_rcpt = True
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._in_rcpt = False
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        parsed = super()._getparams(params)
+        if parsed is None:
+            return None
+        if self._in_rcpt:
+            return {}
+        return {key: value for key, value in parsed.items() if key not in MAIL_DSN_PARAMETERS}
+
+
+class FilterHandler:
+    """aiosmtpd handler: check each message and reinject the accepted ones."""
+
+    def __init__(self, config: Config, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown filtermail mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.config = config
+        self.mode = mode
+        self.reinject_port = (
+            config.postfix_reinject_port if mode == "outgoing" else config.postfix_reinject_port_incoming
+        )
+
+    @property
+    def listen_port(self) -> int:
+        c = self.config
+        return c.filtermail_smtp_port if self.mode == "outgoing" else c.filtermail_smtp_port_incoming
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # The null sender arrives as "<>" and is kept so (aiosmtpd treats an
+        # empty mail_from as "no MAIL command yet"); handle_DATA maps it to "".
+        if self.mode == "outgoing" and address.count("@") != 1:
+            return f"500 Invalid from address <{address}>"
+        # Seam: the per-sender rate limit of outgoing mail belongs here.
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        mail_from = envelope.mail_from or ""
+        if mail_from == NULL_SENDER:
+            mail_from = ""
+        rcpt_tos = list(envelope.rcpt_tos)
+        if self.mode == "outgoing":
+            verdict = mimecheck.check_outgoing(mail_from, rcpt_tos, data)
+        else:
+            verdict = mimecheck.check_incoming(mail_from, rcpt_tos, data, self.accepts_cleartext)
+        if not verdict.accept:
+            log.info("%s: rejected %s mail from <%s>: %s", self.mode, verdict.kind, mail_from, verdict.reply)
+            return verdict.reply
+        if self.mode == "incoming":
+            refusal = await self.check_origin(data, verdict)
+            if refusal is not None:
+                return refusal
+        log.info("%s: passing %s mail from <%s>", self.mode, verdict.kind, mail_from)
+        return await self.reinject(verdict.reinject_from, rcpt_tos, data)
+
+    async def check_origin(self, data: bytes, verdict: mimecheck.Verdict) -> str | None:
+        """Verify that incoming mail comes from the domain in ``From:``.
+
+        Not implemented yet: accepts everything. This is the seam for strict
+        DKIM verification (``d=`` equal to the From domain); it returns the
+        SMTP reply for a refusal, or None.
+        """
+        return None
+
+    def accepts_cleartext(self, rcpt: str) -> bool:
+        """A recipient takes cleartext unless its mailbox has the enforceE2EEincoming marker."""
+        try:
+            user = self.config.get_user(rcpt.lower())
+        except ValueError:
+            return False
+        return user.is_incoming_cleartext_ok()
+
+    async def reinject(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> str:
+        """Hand the unchanged bytes back to Postfix; return the reply for our client."""
+        client = aiosmtplib.SMTP(
+            hostname=REINJECT_HOST,
+            port=self.reinject_port,
+            use_tls=False,
+            start_tls=False,
+            timeout=REINJECT_TIMEOUT_SECONDS,
+        )
+        try:
+            # SMTP.sendmail rather than aiosmtplib.send: only it takes the
+            # null sender (""), which bounces and incoming mail need.
+            async with client:
+                refused, _ = await client.sendmail(mail_from, rcpt_tos, data)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            first = exc.recipients[0]
+            return f"{first.code} {first.message}"
+        except aiosmtplib.SMTPResponseException as exc:
+            return f"{exc.code} {exc.message}"
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            log.warning("reinjection to %s:%s failed: %s", REINJECT_HOST, self.reinject_port, exc)
+            return "451 4.3.0 Local error: could not pass the message on, try again later"
+        if refused:
+            log.warning("reinjection: %d of %d recipients refused", len(refused), len(rcpt_tos))
+        return "250 OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # A bug here must defer mail (the sender retries), never bounce it.
+        log.exception("%s: internal error", self.mode, exc_info=error)
+        return "451 4.3.0 Internal error in the mail filter, try again later"
+
+
+def make_smtp_factory(handler: FilterHandler) -> Any:
+    """Return the protocol factory for ``loop.create_server``."""
+    limit = handler.config.max_message_size
+
+    def factory() -> SMTP:
+        return ParameterTolerantSMTP(
+            handler, data_size_limit=limit, enable_SMTPUTF8=True, hostname="filtermail"
+        )
+
+    return factory
+
+
+async def serve(config: Config, mode: str) -> None:
+    """Listen on the loopback port of ``mode`` and serve until cancelled."""
+    handler = FilterHandler(config, mode)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(make_smtp_factory(handler), LISTEN_HOST, handler.listen_port)
+    log.info("filtermail %s listening on %s:%s", mode, LISTEN_HOST, handler.listen_port)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``filtermail`` command."""
+    parser = argparse.ArgumentParser(
+        prog="filtermail",
+        description="Postfix before-queue SMTP filter of a chatmail relay: passes on "
+        "OpenPGP-encrypted mail and refuses cleartext with 523.",
+    )
+    parser.add_argument("config", metavar="CONFIG", help="path of chatmail.ini")
+    parser.add_argument(
+        "mode",
+        choices=MODES,
+        help="outgoing: behind submission, listens on filtermail_smtp_port; "
+        "incoming: behind port 25, listens on filtermail_smtp_port_incoming",
+    )
+    add_verbose_flag(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = read_config(args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve(config, args.mode))
+    except OSError as exc:
+        log.error("filtermail %s cannot start: %s", args.mode, exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

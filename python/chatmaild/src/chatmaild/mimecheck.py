@@ -1,0 +1,329 @@
+"""Pure checks on raw messages: is it OpenPGP-encrypted, or one of the few exceptions?
+
+A chatmail relay only carries end-to-end encrypted mail. These functions
+decide that from the bytes alone (no I/O, no SMTP), so they can be tested
+on a corpus of real messages and reused by every transport. They never
+raise on garbage: anything that cannot be understood is "not encrypted".
+
+"Encrypted" is judged structurally, without keys: an RFC 3156 PGP/MIME
+message whose payload is a sequence of session-key packets (PKESK/SKESK)
+followed by exactly one integrity-protected encrypted data packet (SEIPD).
+That is what every OpenPGP implementation produces for an encrypted
+message, and what cleartext dressed up to look encrypted cannot imitate.
+"""
+
+from __future__ import annotations
+
+import binascii
+import dataclasses
+import email.parser
+import email.policy
+import email.utils
+import logging
+from collections.abc import Callable, Sequence
+from email.message import Message
+
+log = logging.getLogger(__name__)
+
+ARMOR_BEGIN = "-----BEGIN PGP MESSAGE-----\r\n"
+ARMOR_END = "-----END PGP MESSAGE-----"
+
+TAG_PKESK = 1
+TAG_SKESK = 3
+TAG_SEIPD = 18
+
+SECUREJOIN_STEPS = ("vc-request", "vg-request")
+ASM_SUBJECT = "Autocrypt Setup Message"
+
+REPLY_OK = "250 OK"
+REPLY_ENCRYPTION_NEEDED = "523 Encryption Needed: Invalid Unencrypted Mail"
+
+
+# --- OpenPGP payload -----------------------------------------------------
+
+
+def _new_format_length(data: bytes, pos: int) -> tuple[int, int, bool] | None:
+    """Read a new-format body length at ``pos``: (length, header size, partial?)."""
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    if first < 192:
+        return first, 1, False
+    if first < 224:
+        if pos + 1 >= len(data):
+            return None
+        return ((first - 192) << 8) + data[pos + 1] + 192, 2, False
+    if first == 255:
+        if pos + 5 > len(data):
+            return None
+        return int.from_bytes(data[pos + 1 : pos + 5], "big"), 5, False
+    return 1 << (first & 0x1F), 1, True
+
+
+def _packet_end(data: bytes, pos: int) -> tuple[int, int] | None:
+    """Return (tag, end offset) of the packet starting at ``pos``, or None if malformed."""
+    header = data[pos]
+    if not header & 0x80:
+        return None
+    pos += 1
+    if header & 0x40:
+        tag = header & 0x3F
+        while True:  # partial body lengths: chunks until a final length
+            parsed = _new_format_length(data, pos)
+            if parsed is None:
+                return None
+            length, size, partial = parsed
+            pos += size + length
+            if not partial:
+                return tag, pos
+            if pos > len(data):
+                return None
+    # Old (legacy) format, still emitted by GnuPG for PKESK packets.
+    tag = (header >> 2) & 0x0F
+    length_type = header & 0x03
+    if length_type == 3:  # indeterminate: up to the end of the data
+        return tag, len(data)
+    size = 1 << length_type
+    if pos + size > len(data):
+        return None
+    return tag, pos + size + int.from_bytes(data[pos : pos + size], "big")
+
+
+def check_openpgp_packets(data: bytes) -> bool:
+    """True iff ``data`` is PKESK/SKESK packets followed by one final SEIPD packet."""
+    pos = 0
+    while pos < len(data):
+        parsed = _packet_end(data, pos)
+        if parsed is None:
+            return False
+        tag, end = parsed
+        if end > len(data):
+            return False
+        if end == len(data):
+            return tag == TAG_SEIPD
+        if tag not in (TAG_PKESK, TAG_SKESK):
+            return False
+        pos = end
+    return False
+
+
+def check_armored_payload(text: str, outgoing: bool) -> bool:
+    """Check an ASCII-armored OpenPGP message (CRLF or LF line endings).
+
+    An armor header such as ``Version: ProtonMail`` is tolerated on incoming
+    mail (other providers add it) but refused on outgoing mail, which only
+    our users' clients produce and which should leak nothing.
+    """
+    text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    if not text.startswith(ARMOR_BEGIN):
+        return False
+    body = text[len(ARMOR_BEGIN) :]
+    while body.endswith("\r\n"):
+        body = body[:-2]
+    if not body.endswith(ARMOR_END):
+        return False
+    body = body[: -len(ARMOR_END)]
+    if body.startswith("Version: "):
+        if outgoing:
+            return False
+        body = body.partition("\r\n")[2]
+    lines = [line for line in body.split("\r\n") if line]
+    if lines and lines[-1].startswith("="):  # CRC24 checksum (optional since RFC 9580)
+        lines.pop()
+    try:
+        binary = binascii.a2b_base64("".join(lines).encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return False
+    return check_openpgp_packets(binary)
+
+
+# --- MIME ----------------------------------------------------------------
+
+
+def parse_message(data: bytes) -> Message:
+    """Parse raw bytes without the strict header objects of the modern policy.
+
+    compat32 keeps header values as plain strings, so a malformed header in a
+    hostile message cannot raise later while we look at it.
+    """
+    return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
+
+
+def _decoded_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    return payload.decode("latin-1")
+
+
+def _subparts(msg: Message) -> list[Message]:
+    """The direct sub-parts of a multipart message ([] for anything else)."""
+    parts = msg.get_payload() if msg.is_multipart() else None
+    if not isinstance(parts, list):
+        return []
+    return [part for part in parts if isinstance(part, Message)]
+
+
+def _header(msg: Message, name: str) -> str:
+    value = msg.get(name)
+    return "" if value is None else str(value).strip()
+
+
+def from_address(msg: Message) -> str | None:
+    """The address of the first ``From:`` header, or None if it has none."""
+    value = msg.get("From")
+    if value is None:
+        return None
+    _, addr = email.utils.parseaddr(str(value))
+    return addr or None
+
+
+def check_encrypted(msg: Message, outgoing: bool) -> bool:
+    """True iff ``msg`` is a PGP/MIME encrypted message (RFC 3156) with a real payload."""
+    try:
+        if not msg.is_multipart() or msg.get_content_type() != "multipart/encrypted":
+            return False
+        parts = _subparts(msg)
+        if len(parts) != 2:
+            return False
+        version, payload = parts
+        if version.is_multipart() or payload.is_multipart():
+            return False
+        if version.get_content_type() != "application/pgp-encrypted":
+            return False
+        if _decoded_text(version).strip() != "Version: 1":
+            return False
+        if payload.get_content_type() != "application/octet-stream":
+            return False
+        return check_armored_payload(_decoded_text(payload), outgoing)
+    except Exception:  # never let a hostile message crash the filter
+        log.debug("error while checking encryption", exc_info=True)
+        return False
+
+
+def is_securejoin(msg: Message) -> bool:
+    """True for the first, necessarily unencrypted, steps of Delta Chat's Secure-Join."""
+    try:
+        step = _header(msg, "Secure-Join")
+        if step not in SECUREJOIN_STEPS or not msg.is_multipart():
+            return False
+        parts = _subparts(msg)
+        if len(parts) != 1:
+            return False
+        (part,) = parts
+        if part.is_multipart() or part.get_content_type() != "text/plain":
+            return False
+        body = _decoded_text(part).strip().lower()
+        return body in (f"secure-join: {s}" for s in SECUREJOIN_STEPS)
+    except Exception:
+        log.debug("error while checking securejoin", exc_info=True)
+        return False
+
+
+def is_mailer_daemon_report(msg: Message) -> bool:
+    """True for a delivery status report from a mail server (a bounce)."""
+    try:
+        addr = from_address(msg) or ""
+        return (
+            bool(_header(msg, "Auto-Submitted"))
+            and addr.lower().startswith("mailer-daemon@")
+            and msg.get_content_type() == "multipart/report"
+        )
+    except Exception:
+        return False
+
+
+def is_self_sent_setup_message(msg: Message, mail_from: str, rcpt_tos: Sequence[str]) -> bool:
+    """True for an Autocrypt Setup Message a user sends to themself (key transfer)."""
+    try:
+        return (
+            len(rcpt_tos) == 1
+            and rcpt_tos[0].lower() == mail_from.lower()
+            and _header(msg, "Subject") == ASM_SUBJECT
+            and msg.get_content_type() == "multipart/mixed"
+        )
+    except Exception:
+        return False
+
+
+# --- verdicts ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What to do with one message.
+
+    ``reply`` is the SMTP reply line for the client when the message is
+    refused. When accepted, ``reinject_from`` is the envelope sender to use
+    (``""`` is the null sender) and ``kind`` names the rule that let it pass.
+    """
+
+    accept: bool
+    reply: str
+    kind: str
+    reinject_from: str = ""
+
+
+def _reject(reply: str, kind: str) -> Verdict:
+    return Verdict(False, reply, kind)
+
+
+def _parse_and_check_from(data: bytes) -> tuple[Message | None, str | None, Verdict | None]:
+    try:
+        msg = parse_message(data)
+    except Exception as exc:
+        return None, None, _reject(f"500 Failed to parse message: {exc}", "unparseable")
+    try:
+        from_addr = from_address(msg)
+    except Exception:
+        from_addr = None
+    if not from_addr:
+        return msg, None, _reject("500 Invalid FROM header: no address found", "no-from")
+    return msg, from_addr, None
+
+
+def check_outgoing(mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> Verdict:
+    """Judge a message one of our users submits (encrypted, Secure-Join or self-sent ASM only)."""
+    msg, from_addr, refusal = _parse_and_check_from(data)
+    if refusal is not None:
+        return refusal
+    assert msg is not None and from_addr is not None
+    if from_addr.lower() != mail_from.lower():
+        return _reject(f"500 Invalid FROM <{from_addr}> for <{mail_from}>", "forged-from")
+    if check_encrypted(msg, outgoing=True):
+        return Verdict(True, REPLY_OK, "encrypted", mail_from)
+    if is_securejoin(msg):
+        return Verdict(True, REPLY_OK, "securejoin", mail_from)
+    if is_self_sent_setup_message(msg, mail_from, rcpt_tos):
+        return Verdict(True, REPLY_OK, "setup-message", mail_from)
+    return _reject(REPLY_ENCRYPTION_NEEDED, "cleartext")
+
+
+def check_incoming(
+    mail_from: str,
+    rcpt_tos: Sequence[str],
+    data: bytes,
+    accepts_cleartext: Callable[[str], bool],
+) -> Verdict:
+    """Judge a message arriving from another server.
+
+    ``accepts_cleartext(rcpt)`` says whether a recipient still takes
+    unencrypted mail; cleartext is delivered only if all recipients do.
+    A sender that disagrees with ``From:`` is not refused (forwarders do
+    that), but the message is passed on with the null sender so that no
+    bounce goes to a return path that may be forged.
+    """
+    msg, from_addr, refusal = _parse_and_check_from(data)
+    if refusal is not None:
+        return refusal
+    assert msg is not None and from_addr is not None
+    sender = mail_from if mail_from.lower() == from_addr.lower() else ""
+    if check_encrypted(msg, outgoing=False):
+        return Verdict(True, REPLY_OK, "encrypted", sender)
+    if is_securejoin(msg):
+        return Verdict(True, REPLY_OK, "securejoin", sender)
+    if is_mailer_daemon_report(msg):
+        return Verdict(True, REPLY_OK, "mailer-daemon", sender)
+    if all(accepts_cleartext(rcpt) for rcpt in rcpt_tos):
+        return Verdict(True, REPLY_OK, "cleartext-allowed", sender)
+    return _reject(REPLY_ENCRYPTION_NEEDED, "cleartext")

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from chatmaild.config import ConfigError, parse_size_mb, read_config
+
+
+def write_ini(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "chatmail.ini"
+    path.write_text(text)
+    return path
+
+
+def test_file_with_only_mail_domain_gives_upstream_defaults(tmp_path):
+    config = read_config(write_ini(tmp_path, "[params]\nmail_domain = chat.example.org\n"))
+    assert config.mail_domain == "chat.example.org"
+    assert config.max_user_send_per_minute == 60
+    assert config.max_user_send_burst_size == 10
+    assert config.max_mailbox_size == "500M" and config.max_mailbox_size_mb == 500
+    assert config.max_message_size == 31457280
+    assert config.delete_mails_after == 20
+    assert config.delete_large_after == 7
+    assert config.delete_inactive_users_after == 90
+    assert (config.username_min_length, config.username_max_length) == (9, 9)
+    assert config.password_min_length == 9
+    assert (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming) == (10080, 10081)
+    assert (config.postfix_reinject_port, config.postfix_reinject_port_incoming) == (10025, 10026)
+    assert config.mtail_address is None
+    assert config.disable_ipv6 is False
+    assert config.max_load_1m == 5.0
+    assert config.min_available_memory_mb == 200
+    assert config.min_free_disk_space_mb == 1024
+    assert config.mailboxes_dir == Path("/home/vmail/mail/chat.example.org")
+    assert config.tls_cert_mode == "acme"
+    assert config.tls_cert_path == "/var/lib/acme/live/chat.example.org/fullchain"
+    assert config.iroh_relay == "https://chat.example.org" and config.enable_iroh_relay
+    assert config.nocreate_file == Path("/etc/chatmail-nocreate")
+    assert config.doveauth_listen == "127.0.0.1:10090"
+    assert config.unused_keys == ()
+
+
+def test_values_are_converted_to_their_types(make_config):
+    config = make_config(
+        max_message_size="1000",
+        disable_ipv6="TRUE",
+        imap_rawlog="yes",
+        max_load_1m="2.5",
+        max_mailbox_size="2G",
+        iroh_relay="",
+    )
+    assert config.max_message_size == 1000
+    assert config.disable_ipv6 is True
+    assert config.imap_rawlog is False, "only 'true' is true"
+    assert config.max_load_1m == 2.5
+    assert config.max_mailbox_size_mb == 2048
+    assert config.iroh_relay == "" and not config.enable_iroh_relay
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_message_size", "30M"),
+        ("filtermail_smtp_port", "70000"),
+        ("username_min_length", "-1"),
+        ("max_load_1m", "high"),
+        ("min_free_disk_space", "10K"),
+        ("tls_external_cert_and_key", "/only/one/path"),
+        ("doveauth_listen", "localhost"),
+    ],
+)
+def test_invalid_value_error_names_file_key_and_value(make_config, key, value):
+    with pytest.raises(ConfigError) as excinfo:
+        make_config(**{key: value})
+    message = str(excinfo.value)
+    assert "chatmail.ini" in message
+    assert f"[params] {key} = {value!r}: expected" in message
+
+
+def test_unknown_keys_are_named_in_one_warning(make_config, caplog):
+    with caplog.at_level(logging.WARNING, logger="chatmaild.config"):
+        config = make_config(passthrough_senders="a@b", colour="blue")
+    assert config.unused_keys == ("passthrough_senders", "colour")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "passthrough_senders" in warnings[0] and "colour" in warnings[0]
+
+
+def test_missing_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="nothere.ini: configuration file not found"):
+        read_config(tmp_path / "nothere.ini")
+
+
+def test_missing_mail_domain_is_an_error_naming_the_file(tmp_path):
+    path = write_ini(tmp_path, "[params]\nmax_message_size = 100\n")
+    with pytest.raises(ConfigError, match=r"chatmail.ini: \[params\] mail_domain is required"):
+        read_config(path)
+
+
+def test_file_without_params_section_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"no \[params\] section"):
+        read_config(write_ini(tmp_path, "[other]\nmail_domain = x\n"))
+
+
+def test_comments_and_percent_signs_are_read_literally(tmp_path):
+    text = "# comment\n; another\n[params]\nmail_domain = chat.example.org\nprivacy_mail = 100% privacy\n"
+    assert read_config(write_ini(tmp_path, text)).privacy_mail == "100% privacy"
+
+
+def test_ipv4_literal_becomes_bracketed_mail_domain(tmp_path):
+    config = read_config(write_ini(tmp_path, "[params]\nmail_domain = 1.3.3.7\n"))
+    assert config.mail_domain == "[1.3.3.7]"
+    assert config.mail_domain_bare == "1.3.3.7"
+    assert config.ipv4_relay == "1.3.3.7"
+    assert config.postfix_myhostname == "7.3.3.1.in-addr.arpa"
+    assert config.tls_cert_mode == "self"
+    assert config.mailboxes_dir == Path("/home/vmail/mail/1.3.3.7")
+
+
+@pytest.mark.parametrize("domain", ["fe::1", "12394142", "ad.1e.dag.adf"])
+def test_things_that_are_not_ipv4_stay_domains(tmp_path, domain):
+    config = read_config(write_ini(tmp_path, f"[params]\nmail_domain = {domain}\n"))
+    assert config.mail_domain == domain and config.ipv4_relay is None
+
+
+def test_external_certificate_wins_over_underscore_domain(make_config):
+    config = make_config(mail_domain="_test.example", tls_external_cert_and_key="/c.pem  /k.pem")
+    assert (config.tls_cert_mode, config.tls_cert_path, config.tls_key_path) == (
+        "external",
+        "/c.pem",
+        "/k.pem",
+    )
+    assert make_config(mail_domain="_test.example").tls_cert_mode == "self"
+
+
+@pytest.mark.parametrize(
+    ("text", "megabytes"), [("500M", 500), ("2G", 2048), ("  1g  ", 1024), ("100MB", 100), ("256", 256)]
+)
+def test_sizes_are_parsed_to_megabytes(text, megabytes):
+    assert parse_size_mb(text) == megabytes
+
+
+@pytest.mark.parametrize("addr", ["", "no-at-sign", "../x@y", "a/b@c", "..", "."])
+def test_get_user_refuses_addresses_that_could_escape_the_mail_directory(config, addr):
+    with pytest.raises(ValueError, match="invalid address"):
+        config.get_user(addr)
+
+
+def test_get_user_maps_address_to_its_maildir(config):
+    user = config.get_user("someone@chat.example.org")
+    assert user.maildir == config.mailboxes_dir / "someone@chat.example.org"
+    assert user.password_path == user.maildir / "password"
+    assert user.enforce_E2EE_path == user.maildir / "enforceE2EEincoming"
