@@ -1,0 +1,26 @@
+# chatmail.ini defaults, with the upstream key names, as plain data (builtins only).
+# mail_domain has no default: it is the one key every relay must set.
+# The NixOS module and the lab both merge a relay's own settings over this set, and
+# chatmaild's Python config applies the same defaults when a key is absent from the file.
+{
+  max_user_send_per_minute = 60;
+  max_user_send_burst_size = 10;
+  max_mailbox_size = "500M";
+  max_message_size = 31457280;
+  delete_mails_after = 20;
+  delete_large_after = 7;
+  delete_inactive_users_after = 90;
+  username_min_length = 9;
+  username_max_length = 9;
+  password_min_length = 9;
+  filtermail_smtp_port = 10080;
+  filtermail_smtp_port_incoming = 10081;
+  postfix_reinject_port = 10025;
+  postfix_reinject_port_incoming = 10026;
+  max_smtp_connections = 1000;
+  max_imap_connections = 10000;
+  disable_ipv6 = false;
+  # Ours: where doveauth listens for the Lua passdb (loopback only; every request
+  # also carries the token from doveauth's runtime directory).
+  doveauth_listen = "127.0.0.1:10090";
+}

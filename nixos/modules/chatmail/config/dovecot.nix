@@ -1,0 +1,113 @@
+# The complete Dovecot 2.4 dovecot.conf of a chatmail relay, as text (builtins only).
+#
+# We render the text ourselves rather than through services.dovecot2.settings so that
+# NixOS and the lab run byte-identical configuration: the lab cannot evaluate nixpkgs'
+# renderer, but it can evaluate this file.
+#
+# paths: dovecotBaseDir, dovecotInternalUser/Group, dovecotLogPath (null: syslog/journal),
+# postfixQueue (Postfix's queue directory: the auth and LMTP sockets live in private/),
+# mailboxesDir, tlsCert, tlsKey, authLua, doveauthTokenFile, vmailUser.
+{ settings, paths }:
+let
+  versions = import ./dovecot-versions.nix;
+  optional = cond: text: if cond then text else "";
+  vmail = paths.vmailUser;
+  lua = ''
+      lua_file = ${paths.authLua}
+      use_worker = yes
+      lua_settings {
+        doveauth_url = http://${settings.doveauth_listen}
+        token_file = ${paths.doveauthTokenFile}
+      }
+  '';
+in
+''
+  dovecot_config_version = ${versions.dovecot_config_version}
+  dovecot_storage_version = ${versions.dovecot_storage_version}
+
+  protocols = imap lmtp
+  listen = ${if settings.disable_ipv6 then "*" else "*, ::"}
+  base_dir = ${paths.dovecotBaseDir}
+  default_internal_user = ${paths.dovecotInternalUser}
+  default_internal_group = ${paths.dovecotInternalGroup}
+  default_login_user = dovenull
+  default_client_limit = 20000
+  ${optional (paths.dovecotLogPath != null) "log_path = ${paths.dovecotLogPath}"}
+
+  # TLS is required before any login, and clients get TLS 1.3 only.
+  ssl = required
+  ssl_server_cert_file = ${paths.tlsCert}
+  ssl_server_key_file = ${paths.tlsKey}
+  ssl_min_protocol = TLSv1.3
+
+  # Accounts live in doveauth (see auth.lua): the first login creates one.
+  auth_mechanisms = plain
+  auth_username_chars = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@[]
+  passdb lua {
+  ${lua}}
+  userdb lua {
+  ${lua}}
+  service auth {
+    unix_listener ${paths.postfixQueue}/private/auth {
+      mode = 0660
+      user = postfix
+      group = postfix
+    }
+  }
+  service auth-worker {
+    # Reads doveauth's token, which only vmail may read.
+    user = ${vmail}
+  }
+  # No failed-login delays: the client's address is rarely the real one anyway.
+  service anvil {
+    unix_listener anvil-auth-penalty {
+      mode = 0
+    }
+  }
+
+  # One maildir per account, the account's directory being both home and maildir.
+  mail_driver = maildir
+  mail_home = ${paths.mailboxesDir}/%{user}
+  mail_path = ~
+  mail_uid = ${vmail}
+  mail_gid = ${vmail}
+  mail_privileged_group = ${vmail}
+  mail_cache_max_size = 500K
+
+  namespace inbox {
+    inbox = yes
+    mailbox Drafts {
+      special_use = \Drafts
+    }
+    mailbox Junk {
+      special_use = \Junk
+    }
+    mailbox Trash {
+      special_use = \Trash
+    }
+    mailbox Sent {
+      special_use = \Sent
+    }
+    mailbox "Sent Messages" {
+      special_use = \Sent
+    }
+  }
+
+  service imap {
+    process_limit = ${toString settings.max_imap_connections}
+  }
+
+  lmtp_add_received_header = no
+  service lmtp {
+    user = ${vmail}
+    unix_listener ${paths.postfixQueue}/private/dovecot-lmtp {
+      mode = 0600
+      user = postfix
+      group = postfix
+    }
+  }
+  protocol lmtp {
+    # A delivery that is lost to a crash is retried by Postfix; speed wins here.
+    mail_fsync = never
+  }
+''
