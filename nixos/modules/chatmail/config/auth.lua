@@ -14,15 +14,20 @@
 -- Settings come from the passdb/userdb block's lua_settings { }:
 --   doveauth_url  (default http://127.0.0.1:10090)
 --   token_file    (default /run/doveauth/token)
+--   mail_user     (default vmail): the uid and gid every account's mail belongs to;
+--                 LMTP and IMAP run as that user, and Dovecot only lets a process that
+--                 is not root look up a user whose userdb reply names its uid
 
 local doveauth_url = "http://127.0.0.1:10090"
 local token_file = "/run/doveauth/token"
+local mail_user = "vmail"
 local client = nil
 
 function script_init(args)
   if args ~= nil then
     doveauth_url = args["doveauth_url"] or doveauth_url
     token_file = args["token_file"] or token_file
+    mail_user = args["mail_user"] or mail_user
   end
   client = dovecot.http.client({ request_timeout = "10s", request_max_attempts = 2 })
   return 0
@@ -68,7 +73,7 @@ end
 function auth_userdb_lookup(req)
   local status, body = ask("/userdb", req.user)
   if status == 200 then
-    return dovecot.auth.USERDB_RESULT_OK, {}
+    return dovecot.auth.USERDB_RESULT_OK, { uid = mail_user, gid = mail_user }
   elseif status == 404 then
     return dovecot.auth.USERDB_RESULT_USER_UNKNOWN, "no such account"
   end

@@ -18,6 +18,7 @@ let
       lua_settings {
         doveauth_url = http://${settings.doveauth_listen}
         token_file = ${paths.doveauthTokenFile}
+        mail_user = ${paths.vmailUser}
       }
   '';
 in
@@ -107,6 +108,9 @@ in
     }
   }
   protocol lmtp {
+    # Postfix limits delivery concurrency already; this keeps LMTP (running as the mail
+    # user) from asking anvil, whose socket only Dovecot's internal user may use.
+    lmtp_user_concurrency_limit = unlimited
     # A delivery that is lost to a crash is retried by Postfix; speed wins here.
     mail_fsync = never
   }

@@ -69,6 +69,8 @@ in
     smtp_tls_protocols = ">=TLSv1.2";
     smtp_tls_mandatory_protocols = ">=TLSv1.2";
     smtp_tls_policy_maps = map' "smtp_tls_policy";
+    # One line per outgoing TLS session: whether the peer's certificate was verified.
+    smtp_tls_loglevel = 1;
 
     # Relaying is refused unless a service in master.cf allows it.
     smtpd_relay_restrictions = "reject";
