@@ -1,0 +1,71 @@
+"""Fixtures for the lab tests: the lab itself (up once per session, down at the end) and
+a client that runs mailcheck.py on the lab's client host and returns its JSON answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import lab as labmod  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (network namespaces, mounts, chroot)")
+    labmod.up()
+    yield labmod
+    if not os.environ.get("CHATMAIL_LAB_KEEP"):
+        labmod.down()
+
+
+@pytest.fixture(scope="session")
+def client(lab):
+    def run(*args: str, timeout: float = 120) -> dict:
+        cmd = labmod.in_host(labmod.CLIENT, [sys.executable, str(HERE / "mailcheck.py"),
+                                             "--cafile", str(labmod.STATE / "ca/ca.pem"), *args])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+        return json.loads(out.stdout)
+
+    return run
+
+
+@pytest.fixture
+def account(client):
+    """A new account on a relay, created by its first IMAP login."""
+
+    def make(relay: str) -> tuple[str, str]:
+        addr = f"{secrets.token_hex(5)[:9]}@{relay}"
+        password = secrets.token_urlsafe(12)
+        result = client("login", addr, password)
+        assert result["ok"], result
+        return addr, password
+
+    return make
+
+
+def relay_file(relay: str, path: str) -> Path:
+    return labmod.merged(labmod.BY_NAME[relay]) / path.lstrip("/")
+
+
+def wait_for_log(relay: str, log: str, needle: str, timeout: float = 30) -> str:
+    """Wait until a relay's log has a line with needle; return that line."""
+    path = relay_file(relay, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if needle in line:
+                    return line
+        time.sleep(0.2)
+    raise AssertionError(f"{relay}:{log} has no line with {needle!r} after {timeout} s")

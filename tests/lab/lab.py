@@ -1,0 +1,453 @@
+#!/usr/bin/env python3
+"""The chatmail lab: two federating relays, a DNS server and a client, on one machine.
+
+Each host runs in its own network namespace, joined by a bridge in a switch namespace.
+The relays and the DNS server run chrooted in an overlay of a cached Debian 13 root
+filesystem (Postfix 3.10, Dovecot 2.4), configured from the pure configuration files of
+the NixOS module evaluated with nix-instantiate; chatmaild runs from this checkout's
+source. The client host shares this machine's filesystem and runs Delta Chat cores.
+
+Needs root and these Debian packages: debootstrap nix-bin iproute2 openssl.
+
+  lab.py up        bring the lab up (safe to run again)
+  lab.py status    hosts, addresses and what runs on them
+  lab.py exec HOST -- CMD...
+                   run a command on a host (chrooted into its filesystem for relays)
+  lab.py demo      two Delta Chat users on the two relays: Secure-Join, then messages
+  lab.py down      stop everything and remove every namespace, mount and file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import render  # noqa: E402
+import rootfs  # noqa: E402
+
+STATE = Path(os.environ.get("CHATMAIL_LAB_STATE", "/run/chatmail-lab"))
+PREFIX = "cmlab-"
+SUBNET = "10.77.0"
+SWITCH = PREFIX + "sw"
+FAILED_LOGS = Path("/var/log/chatmail-lab")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    ip: str
+    domain: str | None = None  # relays only
+    chrooted: bool = True
+
+    @property
+    def netns(self) -> str:
+        return PREFIX + self.name
+
+
+DNS = Host("dns", f"{SUBNET}.2")
+RELAYS = [Host("relay1", f"{SUBNET}.11", "relay1.test"), Host("relay2", f"{SUBNET}.12", "relay2.test")]
+CLIENT = Host("client", f"{SUBNET}.100", chrooted=False)
+HOSTS = [DNS, *RELAYS, CLIENT]
+BY_NAME = {h.name: h for h in HOSTS}
+
+
+def log(msg: str) -> None:
+    print(f"lab: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], check: bool = True, capture: bool = False, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True, capture_output=capture, **kw)
+
+
+def merged(host: Host) -> Path:
+    return STATE / host.name / "root"
+
+
+def in_host(host: Host, cmd: list[str]) -> list[str]:
+    """The command line that runs cmd on host (in its namespace, in its filesystem)."""
+    base = ["ip", "netns", "exec", host.netns]
+    if host.chrooted:
+        base += ["chroot", str(merged(host))]
+    return base + cmd
+
+
+def host_run(host: Host, cmd: list[str], check: bool = True, capture: bool = False, **kw):
+    return run(in_host(host, cmd), check=check, capture=capture, **kw)
+
+
+def host_spawn(host: Host, cmd: list[str], logfile: str, user: str | None = None, env: dict | None = None) -> None:
+    """Start a long-running process on a host, detached, its output in logfile (in the host)."""
+    if user:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *cmd]
+    envs = [f"{k}={v}" for k, v in (env or {}).items()]
+    shell = f"exec env {' '.join(map(shlex.quote, envs))} {shlex.join(cmd)} >>{shlex.quote(logfile)} 2>&1 </dev/null"
+    subprocess.Popen(in_host(host, ["sh", "-c", shell]), start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def host_start(host: Host, cmd: list[str]) -> None:
+    """Run a command that starts a daemon and returns (postfix start, dovecot).
+
+    Its output goes to a file, not a pipe: the daemon it leaves behind would hold a pipe
+    open for ever."""
+    out = STATE / f"{host.name}-start.out"
+    with out.open("w") as f:
+        r = subprocess.run(in_host(host, cmd), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise LabError(f"{host.name}: {shlex.join(cmd)} failed:\n{out.read_text()}")
+
+
+def wait_port(host: Host, ip: str, port: int, timeout: float = 30.0) -> None:
+    script = (
+        "import socket,sys,time\n"
+        f"end=time.time()+{timeout}\n"
+        "while time.time()<end:\n"
+        "    try:\n"
+        f"        socket.create_connection(('{ip}',{port}),1).close(); sys.exit(0)\n"
+        "    except OSError: time.sleep(0.05)\n"
+        "sys.exit(1)\n"
+    )
+    r = run(["ip", "netns", "exec", host.netns, sys.executable, "-c", script], check=False)
+    if r.returncode != 0:
+        raise LabError(f"{host.name}: nothing listens on {ip}:{port} after {timeout:.0f} s")
+
+
+class LabError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- network
+
+
+def netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def make_network() -> None:
+    run(["ip", "netns", "add", SWITCH])
+    run(["ip", "-n", SWITCH, "link", "add", "br0", "type", "bridge"])
+    run(["ip", "-n", SWITCH, "link", "set", "br0", "up"])
+    for h in HOSTS:
+        run(["ip", "netns", "add", h.netns])
+        peer = f"v-{h.name}"
+        run(["ip", "link", "add", peer, "netns", SWITCH, "type", "veth", "peer", "name", "eth0", "netns", h.netns])
+        run(["ip", "-n", SWITCH, "link", "set", peer, "master", "br0", "up"])
+        run(["ip", "-n", h.netns, "addr", "add", f"{h.ip}/24", "dev", "eth0"])
+        run(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
+        run(["ip", "-n", h.netns, "link", "set", "lo", "up"])
+
+
+# ---------------------------------------------------------------- filesystems
+
+
+def mount_host(host: Host, base: Path) -> None:
+    d = STATE / host.name
+    for sub in ("upper", "work", "root"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    root = merged(host)
+    run(["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={base},upperdir={d / 'upper'},workdir={d / 'work'}", str(root)])
+    run(["mount", "-t", "proc", "proc", str(root / "proc")])
+    run(["mount", "--bind", "/dev", str(root / "dev")])
+    run(["mount", "-t", "tmpfs", "tmpfs", str(root / "run")])
+    (root / "etc/hosts").write_text(
+        "127.0.0.1 localhost\n" + "".join(f"{h.ip} {h.domain or h.name}\n" for h in HOSTS)
+    )
+    (root / "etc/resolv.conf").write_text(f"nameserver {DNS.ip}\n")
+
+
+def write(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
+    p = root / path.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    p.chmod(mode)
+    return p
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def make_ca() -> Path:
+    ca = STATE / "ca"
+    ca.mkdir(parents=True, exist_ok=True)
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.pem"), "-days", "30",
+         "-subj", "/CN=chatmail lab CA"], capture=True)
+    for relay in RELAYS:
+        key, csr, crt = (ca / f"{relay.domain}.{ext}" for ext in ("key", "csr", "pem"))
+        run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={relay.domain}"], capture=True)
+        ext = ca / f"{relay.domain}.ext"
+        ext.write_text(f"subjectAltName=DNS:{relay.domain}\nextendedKeyUsage=serverAuth\n")
+        run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca / "ca.pem"), "-CAkey", str(ca / "ca.key"),
+             "-CAcreateserial", "-days", "30", "-extfile", str(ext), "-out", str(crt)], capture=True)
+    return ca
+
+
+# ---------------------------------------------------------------- services
+
+
+def start_dns() -> None:
+    root = merged(DNS)
+    records = []
+    for r in RELAYS:
+        records += [f'local-data: "{r.domain}. A {r.ip}"', f'local-data: "{r.domain}. MX 10 {r.domain}."']
+    conf = "\n".join([
+        "server:",
+        f"  interface: {DNS.ip}",
+        "  access-control: 0.0.0.0/0 allow",
+        '  chroot: ""',
+        '  username: ""',
+        "  do-daemonize: no",
+        "  use-syslog: no",
+        "  logfile: /var/log/unbound.log",
+        '  local-zone: "test." static',
+        *("  " + rec for rec in records),
+    ]) + "\n"
+    write(root, "/etc/unbound/lab.conf", conf)
+    host_spawn(DNS, ["unbound", "-d", "-c", "/etc/unbound/lab.conf"], "/var/log/unbound.out")
+    wait_port(DNS, DNS.ip, 53)
+
+
+def evaluate(relay: Host) -> dict:
+    out = run(["nix-instantiate", "--eval", "--strict", "--json", str(HERE / "relay.nix"),
+               "--argstr", "domain", relay.domain], capture=True).stdout
+    return json.loads(out)
+
+
+def configure_relay(relay: Host, ca: Path) -> dict:
+    cfg = evaluate(relay)
+    root = merged(relay)
+    paths = cfg["paths"]
+    write(root, "/etc/chatmail/chatmail.ini", cfg["chatmailIni"])
+    write(root, paths["authLua"], cfg["authLua"])
+    write(root, "/etc/dovecot/dovecot.conf", cfg["dovecotConf"])
+    write(root, paths["tlsKey"], (ca / f"{relay.domain}.key").read_text(), 0o600)
+    write(root, paths["tlsCert"], (ca / f"{relay.domain}.pem").read_text() + (ca / "ca.pem").read_text())
+    write(root, "/usr/local/share/ca-certificates/chatmail-lab.crt", (ca / "ca.pem").read_text())
+    host_run(relay, ["update-ca-certificates"], capture=True)
+    for name, text in cfg["postfix"]["maps"].items():
+        write(root, f"{paths['postfixMaps']}/{name}", text)
+    main = dict(cfg["postfix"]["main"])
+    # What NixOS's postfix module adds by itself, in Debian's terms, and lab-only logging.
+    version = host_run(relay, ["postconf", "-dh", "mail_version"], capture=True).stdout.strip()
+    main.update({
+        "compatibility_level": version,
+        "smtp_tls_CAfile": "/etc/ssl/certs/ca-certificates.crt",
+        "alias_maps": "",
+        "alias_database": "",
+        "maillog_file": "/var/log/postfix.log",
+    })
+    write(root, "/etc/postfix/main.cf", render.main_cf(main))
+    master = cfg["postfix"]["master"]
+    replaced = {f"{e.get('name', a)}/{e.get('type', 'unix')}" for a, e in master.items()}
+    stock = (rootfs.rootfs_path() / "etc/postfix/master.cf").read_text()
+    write(root, "/etc/postfix/master.cf", render.master_cf(render.standard_services(stock, replaced), master))
+    mailboxes = root / paths["mailboxesDir"].lstrip("/")
+    mailboxes.mkdir(parents=True, exist_ok=True)
+    shutil.chown(mailboxes, rootfs.VMAIL_UID, rootfs.VMAIL_UID)
+    return cfg
+
+
+def start_relay(relay: Host, cfg: dict) -> None:
+    root = merged(relay)
+    src = root / "opt/chatmaild-src"
+    src.mkdir(parents=True, exist_ok=True)
+    run(["mount", "--bind", "-o", "ro", str(CHECKOUT / "python/chatmaild/src"), str(src)])
+    (root / "run/doveauth").mkdir(mode=0o700)
+    shutil.chown(root / "run/doveauth", rootfs.VMAIL_UID, rootfs.VMAIL_UID)
+    py = [f"{rootfs.VENV}/bin/python", "-c"]
+    env = {"PYTHONPATH": "/opt/chatmaild-src", "PYTHONDONTWRITEBYTECODE": "1"}
+    ini = "/etc/chatmail/chatmail.ini"
+    host_spawn(relay, py + ["from chatmaild.doveauth import main; main()", "--token-file",
+                            cfg["paths"]["doveauthTokenFile"], ini], "/var/log/doveauth.log", "vmail", env)
+    for mode in ("outgoing", "incoming"):
+        host_spawn(relay, py + ["from chatmaild.filtermail import main; main()", ini, mode],
+                   f"/var/log/filtermail-{mode}.log", "vmail", env)
+    # Postfix first: it creates the private/ directory where Dovecot puts its sockets.
+    host_start(relay, ["postfix", "check"])
+    host_start(relay, ["postfix", "start"])
+    host_start(relay, ["dovecot", "-c", "/etc/dovecot/dovecot.conf"])
+    s = cfg["settings"]
+    lo = "127.0.0.1"
+    for ip, port in [(lo, int(s["doveauth_listen"].rsplit(":", 1)[1])), (lo, s["filtermail_smtp_port"]),
+                     (lo, s["filtermail_smtp_port_incoming"]), (relay.ip, 25), (relay.ip, 587),
+                     (relay.ip, 465), (relay.ip, 993), (relay.ip, 143)]:
+        wait_port(relay, ip, port)
+
+
+# ---------------------------------------------------------------- lab
+
+
+def is_up() -> bool:
+    return (STATE / "up").exists() and all(netns_exists(h.netns) for h in HOSTS)
+
+
+def up() -> None:
+    if is_up():
+        log("already up")
+        status()
+        return
+    if STATE.exists() or any(netns_exists(h.netns) for h in [*HOSTS]) or netns_exists(SWITCH):
+        log("cleaning up what an earlier run left behind")
+        down()
+    for tool in ("debootstrap", "nix-instantiate", "ip", "openssl"):
+        if shutil.which(tool) is None:
+            raise LabError(f"{tool} is missing: apt-get install debootstrap nix-bin iproute2 openssl")
+    base = rootfs.ensure_rootfs(log)
+    STATE.mkdir(parents=True, exist_ok=True)
+    try:
+        _bring_up(base)
+    except BaseException:
+        for h in HOSTS:
+            logs = STATE / h.name / "upper/var/log"
+            if logs.is_dir():
+                shutil.copytree(logs, FAILED_LOGS / h.name, dirs_exist_ok=True)
+        log(f"up failed: removing what it made; the hosts' logs are kept in {FAILED_LOGS}")
+        down()
+        raise
+    (STATE / "up").write_text(str(time.time()))
+    log("up")
+    status()
+
+
+def _bring_up(base: Path) -> None:
+    log("network: namespaces and a bridge")
+    make_network()
+    Path("/etc/netns", CLIENT.netns).mkdir(parents=True, exist_ok=True)
+    Path("/etc/netns", CLIENT.netns, "resolv.conf").write_text(f"nameserver {DNS.ip}\n")
+    for h in HOSTS:
+        if h.chrooted:
+            mount_host(h, base)
+    log("TLS: a lab CA and one certificate per relay")
+    ca = make_ca()
+    log("dns: unbound, authoritative for .test")
+    start_dns()
+    for relay in RELAYS:
+        log(f"{relay.name}: rendering the NixOS module's configuration for {relay.domain}")
+        cfg = configure_relay(relay, ca)
+        log(f"{relay.name}: starting doveauth, filtermail, Dovecot, Postfix")
+        start_relay(relay, cfg)
+
+
+def pids_of(host: Host) -> list[int]:
+    if not netns_exists(host.netns):
+        return []
+    r = run(["ip", "netns", "pids", host.netns], capture=True, check=False)
+    return [int(p) for p in r.stdout.split()]
+
+
+def down() -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for h in HOSTS for p in pids_of(h)]
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 5
+        while pids and time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.1)
+    if STATE.exists():
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for m in sorted((m for m in mounts if m.startswith(str(STATE) + "/")), key=len, reverse=True):
+            run(["umount", m], check=False)
+            if Path(m).is_mount():
+                run(["umount", "-l", m], check=False)
+    for name in [h.netns for h in HOSTS] + [SWITCH]:
+        if netns_exists(name):
+            run(["ip", "netns", "del", name], check=False)
+    shutil.rmtree(Path("/etc/netns", CLIENT.netns), ignore_errors=True)
+    if STATE.exists():
+        shutil.rmtree(STATE)
+    log("down: no namespaces, mounts or processes left")
+
+
+def status() -> None:
+    if not is_up():
+        print("the lab is down")
+        return
+    for h in HOSTS:
+        what = f"{h.domain} " if h.domain else ""
+        procs = []
+        for p in pids_of(h):
+            try:
+                procs.append(Path(f"/proc/{p}/comm").read_text().strip())
+            except OSError:
+                pass
+        names = ", ".join(sorted(set(procs))) or "-"
+        print(f"{h.name:8} {h.ip:12} {what:13}running: {names}")
+    print("\nrelays: " + ", ".join(f"{r.domain} ({r.ip}: SMTP 25/465/587, IMAP 143/993)" for r in RELAYS))
+    print(f"dns: {DNS.ip}; state and logs in {STATE}/<host>/root/var/log")
+
+
+def exec_cmd(name: str, cmd: list[str]) -> int:
+    if name not in BY_NAME:
+        raise LabError(f"no host {name!r}; hosts: {', '.join(BY_NAME)}")
+    if not is_up():
+        raise LabError("the lab is down: run 'lab.py up' first")
+    if not cmd:
+        cmd = ["bash"] if BY_NAME[name].chrooted else [os.environ.get("SHELL", "sh")]
+    return subprocess.call(in_host(BY_NAME[name], cmd))
+
+
+def demo() -> int:
+    if not is_up():
+        up()
+    venv = Path(os.environ.get("CHATMAIL_LAB_VENV", rootfs.CACHE_DIR / "venv"))
+    python = venv / "bin/python"
+    if not python.exists():
+        raise LabError(f"no client environment at {venv}: run tools/install-deps (it creates it)")
+    return subprocess.call(in_host(CLIENT, [str(python), str(HERE / "dcdemo.py"),
+                                            "--relays", *[r.domain for r in RELAYS]]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lab.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="bring the lab up")
+    sub.add_parser("status", help="show hosts and services")
+    ex = sub.add_parser("exec", help="run a command on a host")
+    ex.add_argument("host", choices=sorted(BY_NAME))
+    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("demo", help="Secure-Join and messages between two Delta Chat users")
+    sub.add_parser("down", help="remove everything the lab made")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("the lab needs root (network namespaces, mounts, chroot)")
+    try:
+        if args.command == "up":
+            up()
+        elif args.command == "status":
+            status()
+        elif args.command == "exec":
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            return exec_cmd(args.host, cmd)
+        elif args.command == "demo":
+            return demo()
+        elif args.command == "down":
+            down()
+    except (LabError, subprocess.CalledProcessError) as e:
+        log(f"error: {e}")
+        if isinstance(e, subprocess.CalledProcessError) and e.stderr:
+            log(e.stderr.strip())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

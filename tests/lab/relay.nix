@@ -1,0 +1,30 @@
+# What the lab deploys on one relay, evaluated with
+#   nix-instantiate --eval --strict --json tests/lab/relay.nix --argstr domain relay1.test
+# It calls the same pure configuration files as the NixOS module, with the paths of the
+# lab's Debian 13 root filesystem instead of NixOS's.
+{ domain, settingsJSON ? "{}" }:
+let
+  cfg = ../../nixos/modules/chatmail/config;
+  settings = (import (cfg + "/defaults.nix")) // { mail_domain = domain; } // builtins.fromJSON settingsJSON;
+  paths = {
+    postfixMaps = "/etc/chatmail/postfix";
+    postfixQueue = "/var/spool/postfix";
+    tlsCert = "/etc/chatmail/tls/fullchain.pem";
+    tlsKey = "/etc/chatmail/tls/key.pem";
+    authLua = "/etc/chatmail/auth.lua";
+    doveauthTokenFile = "/run/doveauth/token";
+    mailboxesDir = "/home/vmail/mail/${domain}";
+    vmailUser = "vmail";
+    dovecotBaseDir = "/run/dovecot";
+    dovecotInternalUser = "dovecot";
+    dovecotInternalGroup = "dovecot";
+    dovecotLogPath = "/var/log/dovecot.log";
+  };
+in
+{
+  inherit settings paths;
+  chatmailIni = import (cfg + "/chatmail-ini.nix") { inherit settings; };
+  postfix = import (cfg + "/postfix.nix") { inherit settings paths; };
+  dovecotConf = import (cfg + "/dovecot.nix") { inherit settings paths; };
+  authLua = builtins.readFile (cfg + "/auth.lua");
+}

@@ -1,0 +1,105 @@
+"""Render Postfix's main.cf and master.cf from the module's data the way NixOS does.
+
+NixOS 26.05's postfix module turns ``services.postfix.settings.main`` and ``.master`` into
+files by fixed rules; the lab applies the same rules to the same data (evaluated from
+``nixos/modules/chatmail/config/postfix.nix``), so that Postfix in the lab reads what Postfix
+on NixOS reads. The rules:
+
+main.cf: ``null`` drops the key; booleans are ``yes``/``no``; numbers decimal; strings
+verbatim (values are not escaped, so ``$myhostname`` stays a Postfix reference); a list is
+a continuation block, one item per indented line, separated by commas.
+
+master.cf: columns name, type, private, unpriv, chroot, wakeup, maxproc, command; an unset
+column is ``-``; ``privileged = true`` is written ``n`` in the unpriv column; each argument
+starting with ``-`` opens a new indented continuation line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _main_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        if not value:
+            return ""
+        return "\n" + ",\n".join("  " + str(v) for v in value)
+    return str(value)
+
+
+def main_cf(main: dict[str, Any]) -> str:
+    lines = []
+    for key in sorted(main):
+        value = main[key]
+        if value is None:
+            continue
+        rendered = _main_value(value)
+        lines.append(f"{key} = {rendered}" if not rendered.startswith("\n") else f"{key} ={rendered}")
+    return "\n".join(lines) + "\n"
+
+
+def _flag(entry: dict[str, Any], key: str, invert: bool = False) -> str:
+    if key not in entry or entry[key] is None:
+        return "-"
+    value = bool(entry[key])
+    if invert:
+        value = not value
+    return "y" if value else "n"
+
+
+def master_line(attr: str, entry: dict[str, Any]) -> str:
+    wakeup = "-"
+    if entry.get("wakeup") is not None:
+        wakeup = str(entry["wakeup"]) + ("?" if entry.get("wakeupUnusedComponent") is False else "")
+    maxproc = "-" if entry.get("maxproc") is None else str(entry["maxproc"])
+    cols = [
+        entry.get("name", attr),
+        entry.get("type", "unix"),
+        _flag(entry, "private"),
+        _flag(entry, "privileged", invert=True),
+        _flag(entry, "chroot"),
+        wakeup,
+        maxproc,
+        entry.get("command", attr),
+    ]
+    text = " ".join(cols)
+    for arg in entry.get("args", []):
+        text += ("\n  " if arg.startswith("-") else " ") + arg
+    return text
+
+
+def master_cf(standard: list[str], master: dict[str, dict[str, Any]]) -> str:
+    """Postfix's standard services (as lines), then the relay's own entries."""
+    ours = [master_line(attr, master[attr]) for attr in sorted(master)]
+    return "\n".join(standard + ours) + "\n"
+
+
+def standard_services(debian_master_cf: str, replaced: set[str]) -> list[str]:
+    """The standard service lines of a stock master.cf, minus those we define ourselves.
+
+    NixOS's module defines Postfix's standard services itself (pickup, cleanup, qmgr, ...);
+    the lab takes the same services from Debian's stock file. Services that hand mail to
+    external programs (``pipe``) are dropped, and chroot is off, as on NixOS.
+    """
+    services: list[list[str]] = []
+    for raw in debian_master_cf.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        if raw[0].isspace():
+            if services:
+                services[-1].append(raw)
+            continue
+        services.append([raw])
+    out = []
+    for block in services:
+        cols = block[0].split()
+        name, kind, command = cols[0], cols[1], cols[7]
+        if (name, kind) in {(r.split("/")[0], r.split("/")[1]) for r in replaced} or command == "pipe":
+            continue
+        cols[4] = "n"
+        out.append(" ".join(cols) + "".join("\n" + line for line in block[1:]))
+    return out
