@@ -1,0 +1,149 @@
+{
+  description = "chatmail relay: a minimal, privacy-first mail server for Delta Chat, as a NixOS module";
+
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    poetry2nix = {
+      url = "github:nix-community/poetry2nix";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs =
+    {
+      self,
+      nixpkgs,
+      poetry2nix,
+    }:
+    let
+      inherit (nixpkgs) lib;
+
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # chatmaild from its Poetry project. poetry2nix is unmaintained, and its PyPI fetcher
+      # fails on current nixpkgs (it expands NIX_CURL_FLAGS under `set -u`), so nothing is
+      # fetched from PyPI: every package in poetry.lock is replaced by nixpkgs' build of it.
+      # The lock still documents the versions chatmaild is developed against; nixpkgs'
+      # runtime-deps check verifies that nixpkgs' versions satisfy pyproject's ranges.
+      mkChatmaild =
+        pkgs:
+        let
+          python = pkgs.python313;
+          p2n = poetry2nix.lib.mkPoetry2Nix { inherit pkgs; };
+          projectDir = ./python/chatmaild;
+          lock = lib.importTOML (projectDir + "/poetry.lock");
+          # PEP 503 names, as poetry2nix keys its package set.
+          normalize = name: lib.toLower (lib.replaceStrings [ "_" "." ] [ "-" "-" ] name);
+          # Where nixpkgs' attribute differs from the PEP 503 name (none so far).
+          nixpkgsName = { };
+          fromNixpkgs =
+            name:
+            let
+              attr = nixpkgsName.${name} or name;
+            in
+            python.pkgs.${attr}
+              or (throw "chatmaild: ${name} (poetry.lock) is not python313Packages.${attr}; map it in nixpkgsName in flake.nix");
+          useNixpkgs =
+            _final: _prev:
+            lib.listToAttrs (
+              map (p: lib.nameValuePair (normalize p.name) (fromNixpkgs (normalize p.name))) lock.package
+            );
+        in
+        p2n.mkPoetryApplication {
+          inherit projectDir python;
+          overrides = [ useNixpkgs ];
+          # pytest and pgpy are for the unit tests, which run outside the package build.
+          checkGroups = [ ];
+          pythonImportsCheck = [
+            "chatmaild.doveauth"
+            "chatmaild.filtermail"
+          ];
+          meta = {
+            description = "Daemons of a chatmail relay: account creation and the OpenPGP-only mail filter";
+            mainProgram = "doveauth";
+            platforms = lib.platforms.linux;
+          };
+        };
+
+      # The module itself is nixpkgs-only; this wrapper gives services.chatmail.package the
+      # flake's build as its default.
+      chatmailModule =
+        { lib, pkgs, ... }:
+        {
+          imports = [ ./nixos/modules/chatmail.nix ];
+          services.chatmail.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.chatmaild;
+        };
+    in
+    {
+      packages = forAllSystems (
+        pkgs:
+        let
+          chatmaild = mkChatmaild pkgs;
+        in
+        {
+          inherit chatmaild;
+          default = chatmaild;
+        }
+        // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "aarch64-linux") {
+          # The Raspberry Pi example as a flashable image (sd-image/*.img.zst).
+          sd-image = self.nixosConfigurations.example-rpi.config.system.build.sdImage;
+        }
+      );
+
+      nixosModules = {
+        chatmail = chatmailModule;
+        default = chatmailModule;
+      };
+
+      nixosConfigurations = {
+        example = lib.nixosSystem {
+          modules = [
+            self.nixosModules.default
+            ./hosts/example/vps.nix
+          ];
+        };
+        example-rpi = lib.nixosSystem {
+          modules = [
+            self.nixosModules.default
+            ./hosts/example/rpi.nix
+          ];
+        };
+      };
+
+      checks = forAllSystems (
+        pkgs:
+        {
+          inherit (self.packages.${pkgs.stdenv.hostPlatform.system}) chatmaild;
+        }
+        // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
+          # VM tests need KVM: nix build .#checks.x86_64-linux.federation -L
+          federation = pkgs.testers.runNixOSTest (import ./tests/vm/federation.nix { inherit self; });
+        }
+      );
+
+      # nixfmt-rfc-style is called plain `nixfmt` since 25.11; the old name only warns.
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          packages = [
+            (pkgs.python313.withPackages (
+              ps: with ps; [
+                aiosmtpd
+                aiosmtplib
+                filelock
+                pgpy
+                pytest
+              ]
+            ))
+            pkgs.poetry
+            pkgs.nixfmt
+          ];
+        };
+      });
+    };
+}

@@ -1,0 +1,41 @@
+# Dovecot 2.4: the whole dovecot.conf comes from ./config/dovecot.nix, so NixOS and the lab
+# run the same text. Accounts are looked up by a Lua passdb/userdb that asks doveauth.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  common = import ./common.nix { inherit config lib pkgs; };
+  inherit (common) cfg dovecotConf dovecotVersions;
+  # nixpkgs builds Dovecot without Lua; our passdb/userdb is a Lua script.
+  dovecotWithLua = (pkgs.dovecot).override { withLua = true; };
+in
+{
+  config = lib.mkIf cfg.enable {
+    services.dovecot2 = {
+      enable = true;
+      package = lib.mkDefault dovecotWithLua;
+      configFile = dovecotConf;
+      # The module asserts these for Dovecot 2.4 even when configFile is given; the values
+      # are the ones our dovecot.conf starts with.
+      settings = {
+        inherit (dovecotVersions) dovecot_config_version dovecot_storage_version;
+      };
+    };
+
+    systemd.services.dovecot = {
+      # Its sockets go into Postfix's private/ directory, which postfix-setup creates; the
+      # Lua passdb needs doveauth.
+      wants = [
+        "postfix-setup.service"
+        "doveauth.service"
+      ];
+      after = [
+        "postfix-setup.service"
+        "doveauth.service"
+      ];
+    };
+  };
+}

@@ -1,0 +1,43 @@
+# Postfix: main.cf, master.cf and the regexp tables, all from ./config/postfix.nix.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  common = import ./common.nix { inherit config lib pkgs; };
+  inherit (common) cfg postfix postfixMapFiles;
+in
+{
+  config = lib.mkIf cfg.enable {
+    services.postfix = {
+      enable = true;
+      # The relay needs exactly this configuration: assigned plainly, so that a change
+      # takes an explicit lib.mkForce.
+      settings.main = postfix.main;
+      # Includes submission (587) and submissions (465): enableSubmission(s) stay off.
+      settings.master = postfix.master;
+    };
+
+    # Referenced from main.cf/master.cf as regexp:/etc/chatmail/postfix/<name>.
+    environment.etc = lib.mapAttrs' (
+      name: file: lib.nameValuePair "chatmail/postfix/${name}" { source = file; }
+    ) postfixMapFiles;
+
+    systemd.services.postfix = {
+      # Dovecot's auth and LMTP sockets, and the filters Postfix proxies to, come first.
+      wants = [
+        "dovecot.service"
+        "filtermail.service"
+        "filtermail-incoming.service"
+      ];
+      after = [
+        "dovecot.service"
+        "filtermail.service"
+        "filtermail-incoming.service"
+      ];
+      reloadTriggers = lib.attrValues postfixMapFiles;
+    };
+  };
+}

@@ -1,0 +1,28 @@
+# The vmail user owns every mailbox and runs the chatmaild daemons; Dovecot's LMTP and
+# auth-worker processes run as it too.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  common = import ./common.nix { inherit config lib pkgs; };
+  inherit (common) cfg paths;
+in
+{
+  config = lib.mkIf cfg.enable {
+    users.users.${paths.vmailUser} = {
+      isSystemUser = true;
+      group = paths.vmailUser;
+      description = "chatmail mailboxes";
+      home = "/home/vmail";
+      createHome = true;
+      homeMode = "700";
+    };
+    users.groups.${paths.vmailUser} = { };
+
+    # <mailboxes_dir>/<address>/ holds each account: its password file and its maildir.
+    systemd.tmpfiles.rules = [ "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -" ];
+  };
+}

@@ -1,0 +1,177 @@
+# Two chatmail relays exchange mail: a first login on each creates the accounts, a PGP/MIME
+# message from relay1's user reaches relay2's user, and cleartext is refused with 523.
+#
+# Nodes: dns (unbound, authoritative for relay1.test and relay2.test: A and MX records),
+# relay1 and relay2 (both from `relay` below, with certificates from a test CA made at
+# build time, which every node trusts so Postfix verifies its peers), client (Python's
+# imaplib/smtplib through chatmail-check).
+#
+#   nix build .#checks.x86_64-linux.federation -L
+{ self }:
+{ lib, pkgs, ... }:
+let
+  alice = "alice0001@relay1.test";
+  bob = "bob000001@relay2.test";
+  password = "correct-horse-battery";
+
+  # A CA and one certificate per relay. THE KEYS END UP IN THE WORLD-READABLE NIX STORE:
+  # FINE FOR A THROWAWAY TEST CA, NEVER FOR A REAL RELAY.
+  testCerts =
+    pkgs.runCommand "chatmail-test-certs"
+      {
+        nativeBuildInputs = [ pkgs.openssl ];
+      }
+      ''
+        mkdir -p $out
+        cat > req.cnf <<EOF
+        [req]
+        distinguished_name = dn
+        prompt = no
+        [dn]
+        CN = chatmail test CA
+        [ca]
+        basicConstraints = critical, CA:TRUE
+        keyUsage = critical, keyCertSign, cRLSign
+        subjectKeyIdentifier = hash
+        EOF
+        openssl req -x509 -config req.cnf -extensions ca -newkey ec \
+          -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+          -keyout ca.key -out $out/ca.pem
+        serial=1
+        for domain in relay1.test relay2.test; do
+          printf '[leaf]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\nsubjectAltName = DNS:%s\n' \
+            "$domain" > leaf.cnf
+          openssl req -new -config req.cnf -subj "/CN=$domain" -newkey ec \
+            -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $out/$domain.key -out leaf.csr
+          openssl x509 -req -in leaf.csr -CA $out/ca.pem -CAkey ca.key -set_serial $serial \
+            -days 3650 -extfile leaf.cnf -extensions leaf -out $out/$domain.pem
+          openssl verify -CAfile $out/ca.pem -verify_hostname $domain $out/$domain.pem
+          serial=$((serial + 1))
+        done
+      '';
+
+  # What every node shares: the test CA, and the dns node as resolver.
+  common =
+    { nodes, ... }:
+    {
+      security.pki.certificateFiles = [ "${testCerts}/ca.pem" ];
+      networking.nameservers = [ nodes.dns.networking.primaryIPAddress ];
+    };
+
+  # One relay per domain; the node name is the host part of the domain.
+  relay =
+    domain:
+    { ... }:
+    {
+      imports = [
+        self.nixosModules.default
+        common
+      ];
+      networking.domain = "test";
+      virtualisation.memorySize = 1024;
+      services.chatmail = {
+        enable = true;
+        inherit domain;
+        tls = {
+          certificateFile = "${testCerts}/${domain}.pem";
+          keyFile = "${testCerts}/${domain}.key";
+        };
+      };
+    };
+
+  chatmail-check = pkgs.writers.writePython3Bin "chatmail-check" {
+    flakeIgnore = [ "E501" ];
+  } (builtins.readFile ./chatmail-check.py);
+in
+{
+  name = "chatmail-federation";
+  meta.timeout = 1200;
+
+  nodes = {
+    dns =
+      { nodes, ... }:
+      let
+        a = name: ''"${name}.test. IN A ${nodes.${name}.networking.primaryIPAddress}"'';
+        mx = name: ''"${name}.test. IN MX 10 ${name}.test."'';
+      in
+      {
+        networking.firewall.allowedUDPPorts = [ 53 ];
+        networking.firewall.allowedTCPPorts = [ 53 ];
+        services.unbound = {
+          enable = true;
+          # The test network has no internet: no root trust anchor to fetch.
+          enableRootTrustAnchor = false;
+          settings.server = {
+            interface = [ "0.0.0.0" ];
+            access-control = [
+              "127.0.0.0/8 allow"
+              "192.168.0.0/16 allow"
+            ];
+            local-zone = [ ''"test." static'' ];
+            local-data = map a [
+              "relay1"
+              "relay2"
+            ]
+            ++ map mx [
+              "relay1"
+              "relay2"
+            ];
+          };
+        };
+      };
+
+    relay1 = relay "relay1.test";
+    relay2 = relay "relay2.test";
+
+    client = {
+      imports = [ common ];
+      environment.systemPackages = [ chatmail-check ];
+    };
+  };
+
+  testScript = ''
+    import json
+
+    ALICE = "${alice}"
+    BOB = "${bob}"
+    PASSWORD = "${password}"
+
+
+    def check(*args: str) -> dict:
+        return json.loads(client.succeed("chatmail-check " + " ".join(args)))
+
+
+    start_all()
+    dns.wait_for_unit("unbound.service")
+    for relay in (relay1, relay2):
+        for unit in ("doveauth", "filtermail", "filtermail-incoming", "dovecot", "postfix"):
+            relay.wait_for_unit(f"{unit}.service")
+        for port in (25, 143, 465, 587, 993):
+            relay.wait_for_open_port(port)
+    client.wait_for_unit("multi-user.target")
+
+    with subtest("a first login creates an account"):
+        login = check("login", "relay2.test", BOB, PASSWORD)
+        assert login["ok"], login
+        relay2.succeed(f"test -f /home/vmail/mail/relay2.test/{BOB}/password")
+
+    with subtest("a later login with another password is refused"):
+        login = check("login", "relay2.test", BOB, "not-the-password")
+        assert not login["ok"], login
+
+    with subtest("a PGP/MIME message from relay1's user reaches relay2's user"):
+        login = check("login", "relay1.test", ALICE, PASSWORD)
+        assert login["ok"], login
+        sent = check("send", "relay1.test", ALICE, PASSWORD, BOB, "--eml", "${./pgp-mime.eml}")
+        assert sent["ok"], sent
+        relay1.wait_until_fails("postqueue -j | grep .")
+        client.wait_until_succeeds(f"chatmail-check inbox relay2.test {BOB} {PASSWORD} --at-least 1")
+        inbox = check("inbox", "relay2.test", BOB, PASSWORD)
+        assert [m["from"] for m in inbox["messages"]] == [ALICE], inbox
+        assert inbox["messages"][0]["content_type"] == "multipart/encrypted", inbox
+
+    with subtest("relay1 refuses cleartext with 523"):
+        refused = check("send", "relay1.test", ALICE, PASSWORD, BOB, "--cleartext")
+        assert refused.get("code") == 523, refused
+  '';
+}
