@@ -43,6 +43,9 @@ PREFIX = "cmlab-"
 SUBNET = "10.77.0"
 SWITCH = PREFIX + "sw"
 FAILED_LOGS = Path("/var/log/chatmail-lab")
+# This checkout's python/chatmaild, mounted read-only into every relay.
+CHATMAILD_DIR = "/opt/chatmaild"
+CHATMAILD_SRC = CHATMAILD_DIR + "/src"
 
 
 @dataclass(frozen=True)
@@ -264,13 +267,13 @@ def configure_relay(relay: Host, ca: Path) -> dict:
 
 def start_relay(relay: Host, cfg: dict) -> None:
     root = merged(relay)
-    src = root / "opt/chatmaild-src"
+    src = root / CHATMAILD_DIR.lstrip("/")
     src.mkdir(parents=True, exist_ok=True)
-    run(["mount", "--bind", "-o", "ro", str(CHECKOUT / "python/chatmaild/src"), str(src)])
+    run(["mount", "--bind", "-o", "ro", str(CHECKOUT / "python/chatmaild"), str(src)])
     (root / "run/doveauth").mkdir(mode=0o700)
     shutil.chown(root / "run/doveauth", rootfs.VMAIL_UID, rootfs.VMAIL_UID)
     py = [f"{rootfs.VENV}/bin/python", "-c"]
-    env = {"PYTHONPATH": "/opt/chatmaild-src", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {"PYTHONPATH": CHATMAILD_SRC, "PYTHONDONTWRITEBYTECODE": "1"}
     ini = "/etc/chatmail/chatmail.ini"
     host_spawn(relay, py + ["from chatmaild.doveauth import main; main()", "--token-file",
                             cfg["paths"]["doveauthTokenFile"], ini], "/var/log/doveauth.log", "vmail", env)

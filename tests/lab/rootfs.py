@@ -40,6 +40,9 @@ PACKAGES = [
     "netbase",
 ]
 VENV = "/opt/chatmaild-venv"
+# So that chatmaild's unit tests also run on Debian 13's Python 3.13 (pgpy 0.6 needs
+# standard-imghdr there), inside a lab relay.
+TEST_PACKAGES = ["pytest", "pgpy", "standard-imghdr"]
 VMAIL_UID = 5000
 HERE = Path(__file__).resolve().parent
 PYPROJECT = HERE.parent.parent / "python" / "chatmaild" / "pyproject.toml"
@@ -48,7 +51,7 @@ PYPROJECT = HERE.parent.parent / "python" / "chatmaild" / "pyproject.toml"
 def cache_key() -> str:
     h = hashlib.sha256()
     h.update(SUITE.encode())
-    h.update(" ".join(PACKAGES).encode())
+    h.update(" ".join(PACKAGES + TEST_PACKAGES).encode())
     h.update(PYPROJECT.read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:16]
@@ -97,7 +100,7 @@ def ensure_rootfs(progress=print) -> Path:
         # pip inside the tree trusts what this machine trusts for reaching the registry.
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", partial / "tmp/host-ca.crt")
         _run(["chroot", str(partial), f"{VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check",
-              "/tmp/chatmaild-src"], env={**os.environ, "PIP_FIND_LINKS": "", "SSL_CERT_DIR": "",
+              "/tmp/chatmaild-src", *TEST_PACKAGES], env={**os.environ, "PIP_FIND_LINKS": "", "SSL_CERT_DIR": "",
                    **{k: "/tmp/host-ca.crt" for k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}})
         shutil.rmtree(src)
         (partial / "tmp/host-ca.crt").unlink()
