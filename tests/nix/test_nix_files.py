@@ -74,6 +74,7 @@ def test_rendered_chatmail_ini_reads_back_with_chatmaild_defaults(relay, tmp_pat
     assert config.mail_domain == "relay1.test"
     for key, value in defaults.items():
         got = getattr(config, key)
+        got = str(got) if isinstance(got, Path) else got
         assert got == value, f"{key}: Nix default {value!r}, chatmaild read {got!r}"
 
 

@@ -23,4 +23,11 @@
   # Ours: where doveauth listens for the Lua passdb (loopback only; every request
   # also carries the token from doveauth's runtime directory).
   doveauth_listen = "127.0.0.1:10090";
+  # Ours: the push proxy the notifier POSTs device tokens to.
+  notification_url = "https://notifications.delta.chat/notify";
+  # Ours: the per-relay TURN REST secret (a file outside the Nix store) and TURN's UDP port.
+  turn_secret_file = "/var/lib/chatmail-turn/secret";
+  turn_port = 3478;
+  # Ours: where the /new account-suggestion service listens for nginx.
+  newemail_listen = "127.0.0.1:10091";
 }

@@ -108,6 +108,14 @@ class Config:
     """While this file exists, doveauth creates no new accounts."""
     doveauth_listen: str = "127.0.0.1:10090"
     """``HOST:PORT`` where doveauth serves Dovecot's Lua passdb/userdb."""
+    notification_url: str = "https://notifications.delta.chat/notify"
+    """Where the notifier POSTs each device token (the Delta Chat notifications proxy)."""
+    turn_secret_file: Path = Path("/var/lib/chatmail-turn/secret")
+    """The per-relay TURN REST secret, shared with the TURN server (coturn ``use-auth-secret``)."""
+    turn_port: int = 3478
+    """The UDP port clients are told to reach the TURN server on."""
+    newemail_listen: str = "127.0.0.1:10091"
+    """``HOST:PORT`` of the ``/new`` account-suggestion service that nginx proxies to."""
 
     unused_keys: tuple[str, ...] = ()
     """Keys present in the file that no setting consumes (warned about)."""
@@ -209,6 +217,10 @@ _SIMPLE: dict[str, _Parser] = {
     "passdb_path": _path,
     "nocreate_file": _path,
     "doveauth_listen": _listen,
+    "notification_url": _str,
+    "turn_secret_file": _path,
+    "turn_port": _port,
+    "newemail_listen": _listen,
 }
 
 # Sizes keep the raw text (Dovecot reads it) and add the value in megabytes.
