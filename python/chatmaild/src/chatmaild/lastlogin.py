@@ -1,0 +1,129 @@
+"""chatmail-lastlogin: remember the day of each account's last IMAP login.
+
+Dovecot's ``last_login`` plugin writes ``last-login/<user>`` (Dovecot adds
+``shared/``) with the login time in seconds to a dict on every IMAP login.
+This service is that dict. It keeps no database: the day is stored as the
+modification time of the account's ``password`` file, which is where the
+job that removes inactive accounts looks. Only the UTC day is kept, so the
+relay never holds more than day precision about when someone was online,
+and the file is touched only when the day changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from .config import Config, ConfigError, read_config
+from .dictproxy import DictProxy
+from .logsetup import add_verbose_flag, setup_logging
+from .user import User
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = Path("/run/chatmail-lastlogin/lastlogin.socket")
+SECONDS_PER_DAY = 86400
+KEY_PREFIX = "last-login/"
+
+
+def day_start(timestamp: int) -> int:
+    """Round a Unix time down to the start of its UTC day."""
+    return timestamp // SECONDS_PER_DAY * SECONDS_PER_DAY
+
+
+def set_last_login_day(user: User, timestamp: int) -> bool:
+    """Set the password file's mtime (and atime) to the day of ``timestamp``.
+
+    Returns False if the account has no password file. Nothing is written
+    when the file already carries that day.
+    """
+    day = day_start(timestamp)
+    try:
+        current = int(user.password_path.stat().st_mtime)
+    except FileNotFoundError:
+        return False
+    if current != day:
+        os.utime(user.password_path, (day, day))
+    return True
+
+
+def address_from_key(key: str) -> str | None:
+    """Return ``<addr>`` of ``shared/last-login/<addr>`` (``shared/`` optional), else None."""
+    if key.startswith("shared/"):
+        key = key[len("shared/") :]
+    if not key.startswith(KEY_PREFIX):
+        return None
+    return key[len(KEY_PREFIX) :] or None
+
+
+class LastLoginDictProxy(DictProxy):
+    """The dict behind ``last_login``: accepts sets of ``last-login/<addr>`` only."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def handle_set(self, user: str, key: str, value: str) -> bool:
+        addr = address_from_key(key)
+        if addr is None:
+            log.warning("refusing set of key %s: expected last-login/<address>", key)
+            return False
+        try:
+            timestamp = int(value)
+        except ValueError:
+            log.warning("refusing last-login of %s: %r is not a Unix time", addr, value)
+            return False
+        try:
+            account = self.config.get_user(addr)
+        except ValueError as exc:
+            log.warning("refusing last-login: %s", exc)
+            return False
+        if not account.exists():
+            # Nothing to record, and no reason to make Dovecot log an error for it.
+            log.info("last-login for %s, which has no account, ignored", addr)
+            return True
+        set_last_login_day(account, timestamp)
+        return True
+
+
+async def serve(config: Config, socket_path: Path) -> None:
+    """Serve the last-login dict on ``socket_path`` until cancelled."""
+    await LastLoginDictProxy(config).serve_forever(socket_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``chatmail-lastlogin`` command."""
+    parser = argparse.ArgumentParser(
+        prog="chatmail-lastlogin",
+        description="Serve the dict of Dovecot's last_login plugin: keep the day of each "
+        "account's last IMAP login as the mtime of its password file.",
+    )
+    parser.add_argument("config", type=Path, metavar="CONFIG", help="path of chatmail.ini")
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        metavar="PATH",
+        help=f"unix socket to listen on (default: {DEFAULT_SOCKET})",
+    )
+    add_verbose_flag(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = read_config(args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve(config, args.socket))
+    except OSError as exc:
+        log.error("chatmail-lastlogin cannot start: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
