@@ -339,3 +339,66 @@ class MailFactory:
 @pytest.fixture(scope="session")
 def mails(openpgp: OpenPGP) -> MailFactory:
     return MailFactory(openpgp)
+
+
+# --- DKIM ----------------------------------------------------------------
+
+
+class DkimDomains:
+    """Signs mail as other domains would, and plays their DNS for the DKIM keys.
+
+    One RSA key serves every domain; ``lookup_txt`` answers the TXT queries
+    for ``<selector>._domainkey.<domain>`` of the domains signed for so far,
+    and counts the queries so caching can be tested.
+    """
+
+    SELECTOR = "sel1"
+
+    def __init__(self, private_pem: bytes, public_der: bytes) -> None:
+        self.private_pem = private_pem
+        self.record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public_der)
+        self.published: dict[str, bytes] = {}
+        self.queries: list[str] = []
+
+    def sign(self, data: bytes, domain: str, selector: str = SELECTOR, publish: bool = True) -> bytes:
+        """Prepend a DKIM-Signature of ``domain`` (relaxed/relaxed, rsa-sha256) to ``data``."""
+        import dkim
+
+        signature = dkim.sign(
+            data,
+            selector.encode(),
+            domain.encode(),
+            self.private_pem,
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+        )
+        if publish:
+            self.published[f"{selector}._domainkey.{domain}.".lower()] = self.record
+        return signature + data
+
+    async def lookup_txt(self, name: str) -> bytes | None:
+        self.queries.append(name)
+        return self.published.get(name.lower())
+
+
+@pytest.fixture(scope="session")
+def dkim_rsa_key() -> tuple[bytes, bytes]:
+    """A 2048-bit RSA key pair: (PKCS#1 private PEM, SubjectPublicKeyInfo DER)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public_der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, public_der
+
+
+@pytest.fixture
+def dkim_domains(dkim_rsa_key: tuple[bytes, bytes]) -> DkimDomains:
+    return DkimDomains(*dkim_rsa_key)

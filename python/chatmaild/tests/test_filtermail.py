@@ -11,10 +11,13 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from conftest import DOMAIN
 
+from chatmaild.dkimcheck import DkimVerifier
 from chatmaild.filtermail import FilterHandler, main, make_smtp_factory
+from chatmaild.ratelimit import RateLimiter
 
 SENDER = f"sender@{DOMAIN}"
 RECIPIENT = f"recipient@{DOMAIN}"
+REMOTE = "remote.example"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class FakePostfix:
 class Relay:
     port: int
     postfix: FakePostfix
+    handler: FilterHandler
 
     async def client(self) -> aiosmtplib.SMTP:
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, start_tls=False, use_tls=False)
@@ -68,14 +72,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def run_filter(make_config) -> Callable[..., None]:
-    """Run ``scenario(relay)`` against filtermail in ``mode`` with a fake Postfix behind it."""
+def run_filter(make_config, dkim_domains) -> Callable[..., None]:
+    """Run ``scenario(relay)`` against filtermail in ``mode`` with a fake Postfix behind it.
+
+    Incoming mode verifies DKIM against the keys of ``dkim_domains``.
+    """
 
     def run(
         mode: str,
         scenario: Callable[[Relay], Awaitable[None]],
         postfix_reply: str = "250 OK",
         postfix_down: bool = False,
+        ratelimiter: RateLimiter | None = None,
         **overrides: object,
     ) -> None:
         async def main() -> None:
@@ -88,9 +96,10 @@ def run_filter(make_config) -> Callable[..., None]:
                 postfix_port = free_port()
             key = "postfix_reinject_port" if mode == "outgoing" else "postfix_reinject_port_incoming"
             config = make_config(**{key: postfix_port}, **overrides)
-            handler = FilterHandler(config, mode)
+            dkim = DkimVerifier(lookup_txt=dkim_domains.lookup_txt)
+            handler = FilterHandler(config, mode, ratelimiter=ratelimiter, dkim=dkim)
             filter_server = await loop.create_server(make_smtp_factory(handler), "127.0.0.1", 0)
-            relay = Relay(filter_server.sockets[0].getsockname()[1], postfix)
+            relay = Relay(filter_server.sockets[0].getsockname()[1], postfix, handler)
             async with postfix_server, filter_server:
                 await scenario(relay)
 
@@ -222,8 +231,12 @@ def test_reinjection_connection_failure_defers_with_451(run_filter, mails, caplo
     assert any("reinjection" in message for message in caplog.messages)
 
 
-def test_incoming_mail_with_other_envelope_sender_is_reinjected_with_null_sender(run_filter, mails):
-    data = mails.make("encrypted", from_addr="alice@remote.example", to_addr=RECIPIENT)
+def test_incoming_mail_with_other_envelope_sender_is_reinjected_with_null_sender(
+    run_filter, mails, dkim_domains
+):
+    data = dkim_domains.sign(
+        mails.make("encrypted", from_addr="alice@remote.example", to_addr=RECIPIENT), REMOTE
+    )
 
     async def scenario(relay: Relay) -> None:
         assert (await relay.send("srs=forwarder@lists.example", [RECIPIENT], data))[0] == 250
@@ -232,8 +245,9 @@ def test_incoming_mail_with_other_envelope_sender_is_reinjected_with_null_sender
     run_filter("incoming", scenario)
 
 
-def test_incoming_bounce_from_null_sender_is_accepted(run_filter, mails):
+def test_incoming_bounce_from_null_sender_is_accepted(run_filter, mails, dkim_domains):
     data = mails.make("mailer-daemon", from_addr="MAILER-DAEMON@remote.example", to_addr=RECIPIENT)
+    data = dkim_domains.sign(data, REMOTE)
 
     async def scenario(relay: Relay) -> None:
         assert (await relay.send("", [RECIPIENT], data))[0] == 250
@@ -255,12 +269,14 @@ def test_incoming_cleartext_to_recipient_with_marker_is_refused(run_filter, mail
     run_filter("incoming", scenario)
 
 
-def test_incoming_cleartext_to_recipients_without_marker_is_accepted(run_filter, mails, make_config):
+def test_incoming_cleartext_to_recipients_without_marker_is_accepted(
+    run_filter, mails, make_config, dkim_domains
+):
     legacy = f"legacyuser@{DOMAIN}"
     user = make_config().get_user(legacy)
     user.set_password("{SHA512-CRYPT}$6$salt$hash")
     user.allow_incoming_cleartext()
-    data = mails.make("plain", from_addr="alice@remote.example", to_addr=legacy)
+    data = dkim_domains.sign(mails.make("plain", from_addr="alice@remote.example", to_addr=legacy), REMOTE)
 
     async def scenario(relay: Relay) -> None:
         assert (await relay.send("alice@remote.example", [legacy, RECIPIENT], data))[0] == 250
@@ -269,10 +285,12 @@ def test_incoming_cleartext_to_recipients_without_marker_is_accepted(run_filter,
     run_filter("incoming", scenario)
 
 
-def test_incoming_encrypted_mail_reaches_strict_recipients(run_filter, mails, make_config):
+def test_incoming_encrypted_mail_reaches_strict_recipients(run_filter, mails, make_config, dkim_domains):
     strict = f"strictuser@{DOMAIN}"
     make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
-    data = mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict)
+    data = dkim_domains.sign(
+        mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict), REMOTE
+    )
 
     async def scenario(relay: Relay) -> None:
         assert (await relay.send("alice@remote.example", [strict], data))[0] == 250
@@ -305,3 +323,168 @@ def test_cli_names_a_missing_config_file(tmp_path, capsys):
         main([str(tmp_path / "missing.ini"), "outgoing"])
     assert excinfo.value.code == 2
     assert "missing.ini: configuration file not found" in capsys.readouterr().err
+
+
+# --- rate limit ----------------------------------------------------------
+
+
+def test_sender_over_the_rate_limit_is_deferred_with_450_and_retry_time(run_filter, mails):
+    clock_now = 1_800_000_000.0
+    limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: clock_now)
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        code, message = await relay.send(SENDER, [RECIPIENT], data)
+        assert code == 450
+        assert message == f"4.7.1: Too much mail from {SENDER}, rate limited until 2027-01-15T08:00:01Z"
+        assert len(relay.postfix.received) == 2
+
+    run_filter("outgoing", scenario, ratelimiter=limiter)
+
+
+def test_rate_limit_comes_from_the_config(config):
+    handler = FilterHandler(config, "outgoing")
+    assert handler.ratelimiter.interval == 60 / config.max_user_send_per_minute
+
+
+# --- DKIM on incoming mail -----------------------------------------------
+
+
+def test_incoming_unsigned_encrypted_mail_is_refused_with_554(run_filter, mails):
+    data = mails.make("encrypted", from_addr=f"alice@{REMOTE}", to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        assert await relay.send(f"alice@{REMOTE}", [RECIPIENT], data) == (
+            554,
+            "5.7.1 No DKIM signature found",
+        )
+        assert relay.postfix.received == []
+
+    run_filter("incoming", scenario)
+
+
+def test_incoming_mail_signed_by_another_domain_is_refused_with_554(run_filter, mails, dkim_domains):
+    data = dkim_domains.sign(mails.make("encrypted", from_addr=f"alice@{REMOTE}"), "spammer.example")
+
+    async def scenario(relay: Relay) -> None:
+        assert await relay.send(f"alice@{REMOTE}", [RECIPIENT], data) == (
+            554,
+            "5.7.1 No valid DKIM signature found",
+        )
+
+    run_filter("incoming", scenario)
+
+
+def test_incoming_cleartext_is_refused_before_dkim_is_checked(run_filter, mails, make_config, dkim_domains):
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    data = mails.make("plain", from_addr=f"alice@{REMOTE}", to_addr=strict)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(f"alice@{REMOTE}", [strict], data))[0] == 523
+        assert dkim_domains.queries == []
+
+    run_filter("incoming", scenario)
+
+
+def test_outgoing_mail_is_not_dkim_checked(config):
+    assert FilterHandler(config, "outgoing").dkim is None
+
+
+def test_dkim_is_on_by_default_in_incoming_mode(config, monkeypatch):
+    monkeypatch.delenv("CHATMAIL_SKIP_DKIM", raising=False)
+    assert FilterHandler(config, "incoming").dkim is not None
+
+
+def test_skipping_dkim_needs_the_environment_variable_and_warns(config, monkeypatch, caplog):
+    monkeypatch.setenv("CHATMAIL_SKIP_DKIM", "1")
+    with caplog.at_level(logging.WARNING):
+        handler = FilterHandler(config, "incoming")
+    assert handler.dkim is None
+    assert "DKIM verification DISABLED" in caplog.text
+
+
+# --- robustness ------------------------------------------------------------
+
+
+async def raw_session(port: int, lines: list[bytes]) -> list[bytes]:
+    """Send raw lines one by one and collect each reply line (connection may close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    replies = [await reader.readline()]
+    try:
+        for line in lines:
+            writer.write(line)
+            await writer.drain()
+            replies.append(await asyncio.wait_for(reader.readline(), 5))
+    finally:
+        writer.close()
+    return replies
+
+
+def test_overlong_command_line_gets_an_error_and_the_filter_keeps_serving(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        replies = await raw_session(relay.port, [b"MAIL FROM:<" + b"a" * 5000 + b"@x>\r\n", b"NOOP\r\n"])
+        assert replies[1].startswith(b"500")
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+
+    run_filter("outgoing", scenario)
+
+
+def test_garbage_commands_get_errors_and_the_filter_keeps_serving(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        replies = await raw_session(
+            relay.port, [b"\xff\xfe\x00garbage\r\n", b"RCPT TO:<x@y>\r\n", b"DATA\r\n"]
+        )
+        assert all(reply[:1] in (b"5", b"") for reply in replies[1:])
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        await reader.readline()
+        writer.write(b"EHLO x\r\nMAIL FROM:<" + SENDER.encode() + b">\r\n")
+        writer.close()  # hang up mid-transaction
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+
+    run_filter("outgoing", scenario)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"no headers at all",
+        b'From: <sender@chat.example.org>\r\nContent-Type: multipart/encrypted; boundary="b\r\n\r\n--b\r\n',
+        b"From: <sender@chat.example.org>\r\nContent-Type: multipart/encrypted; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\n"
+        b"wcBMA////truncated\r\n-----END PGP MESSAGE-----\r\n--b--\r\n",
+        b"From: =?utf-8?b?broken?= <\xff\xfe@chat.example.org>\r\n\r\n\xff" * 50,
+    ],
+    ids=["empty", "headerless", "broken-multipart", "truncated-packet", "binary-junk"],
+)
+def test_malformed_messages_get_a_clear_refusal_and_the_filter_keeps_serving(run_filter, mails, body):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        code, _ = await relay.send(SENDER, [RECIPIENT], body)
+        assert code in (500, 523)
+        assert relay.postfix.received == []
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+
+    run_filter("outgoing", scenario)
+
+
+def test_truncated_openpgp_packet_is_not_encrypted(mails):
+    from chatmaild.mimecheck import check_outgoing
+
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+    armored = data[data.index(b"-----BEGIN PGP MESSAGE-----") :]
+    lines = armored.split(b"\r\n")
+    # Drop the second-to-last line of base64 and the checksum: the SEIPD packet ends early.
+    end = lines.index(b"-----END PGP MESSAGE-----")
+    truncated = data.replace(b"\r\n".join(lines[end - 3 : end]), b"\r\n".join(lines[end - 3 : end - 2]))
+    assert truncated != data
+    assert check_outgoing(SENDER, [RECIPIENT], truncated).reply.startswith("523")

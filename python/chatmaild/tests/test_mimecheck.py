@@ -312,3 +312,178 @@ def test_base64_transfer_encoded_payload_part_is_decoded(openpgp):
 def test_checks_never_raise_on_garbage(data):
     assert not check_outgoing(SENDER, [RECIPIENT], data).accept
     assert not check_incoming(SENDER, [RECIPIENT], data, lambda r: False).accept
+
+
+# --- property-based ----------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+PROPERTY_SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@PROPERTY_SETTINGS
+@given(st.binary(max_size=4000))
+def test_checks_never_raise_on_arbitrary_bytes(data):
+    assert check_outgoing(SENDER, [RECIPIENT], data).reply[:3] in ("250", "500", "523")
+    assert check_incoming(SENDER, [RECIPIENT], data, lambda rcpt: False).reply[:3] in ("250", "500", "523")
+
+
+@PROPERTY_SETTINGS
+@given(st.data())
+def test_mutated_encrypted_mail_never_raises(mails, data):
+    original = bytearray(make(mails, "encrypted"))
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(original) - 1))
+        action = data.draw(st.sampled_from(["flip", "delete", "insert"]))
+        if action == "flip":
+            original[pos] ^= data.draw(st.integers(1, 255))
+        elif action == "delete":
+            del original[pos : pos + data.draw(st.integers(1, 200))]
+        else:
+            original[pos:pos] = data.draw(st.binary(min_size=1, max_size=20))
+        if not original:
+            break
+    verdict = check_outgoing(SENDER, [RECIPIENT], bytes(original))
+    assert verdict.reply[:3] in ("250", "500", "523")
+
+
+def _new_header(tag: int, length: int, encoding: str) -> tuple[bytes, bool]:
+    """A packet header for ``length`` body bytes; (header, usable) in the given encoding."""
+    if encoding == "new1" and length < 192:
+        return bytes([0xC0 | tag, length]), True
+    if encoding == "new2" and 192 <= length < 8384:
+        value = length - 192
+        return bytes([0xC0 | tag, (value >> 8) + 192, value & 0xFF]), True
+    if encoding == "old" and tag < 16:
+        if length < 256:
+            return bytes([0x80 | (tag << 2), length]), True
+        return bytes([0x80 | (tag << 2) | 1]) + length.to_bytes(2, "big"), True
+    return bytes([0xC0 | tag, 0xFF]) + length.to_bytes(4, "big"), True
+
+
+@st.composite
+def packet_sequences(draw) -> tuple[bytes, bool]:
+    """Random OpenPGP packet sequences and whether §5.4 calls them encrypted.
+
+    The oracle is independent of the implementation: only the list of tags
+    and whether the bytes were cut short decide it.
+    """
+    if draw(st.booleans()):  # aim at the accepted shape, so both outcomes are explored
+        tags = draw(st.lists(st.sampled_from([1, 3]), max_size=4)) + [18]
+    else:
+        tags = draw(st.lists(st.sampled_from([1, 3, 18, 11, 9, 20, 2, 8]), min_size=0, max_size=5))
+    out = b""
+    last_body = 0
+    indeterminate = False
+    for index, tag in enumerate(tags):
+        body = draw(st.binary(max_size=300))
+        last_body = len(body)
+        last = index == len(tags) - 1
+        encoding = draw(st.sampled_from(["new1", "new2", "new5", "old", "partial"]))
+        if encoding == "partial" and len(body) >= 4:
+            # Partial body lengths: chunks of 2^k bytes, then a final length.
+            chunk = 1 << draw(st.integers(0, 2))
+            out += bytes([0xC0 | tag, 0xE0 | chunk.bit_length() - 1]) + body[:chunk]
+            rest = body[chunk:]
+            out += _new_header(tag, len(rest), "new5")[0][1:] + rest
+        elif encoding == "old" and last and tag < 16 and draw(st.booleans()):
+            out += bytes([0x80 | (tag << 2) | 3]) + body  # indeterminate length: up to the end
+            indeterminate = True
+        else:
+            out += _new_header(tag, len(body), encoding)[0] + body
+    # An SEIPD packet without a body carries nothing encrypted.
+    valid = bool(tags) and tags[-1] == 18 and last_body > 0 and all(tag in (1, 3) for tag in tags[:-1])
+    # Truncation only inside the last packet's body, where it always breaks the structure;
+    # cutting whole packets off could leave another valid sequence behind.
+    cut = draw(st.sampled_from([0, 0, 0, 1, 2, 3])) if last_body and not indeterminate else 0
+    cut = min(cut, last_body)
+    if cut:
+        out = out[:-cut]
+        valid = False
+    return out, valid
+
+
+@PROPERTY_SETTINGS
+@given(packet_sequences())
+def test_packet_walker_agrees_with_the_structure_rules(case):
+    binary, valid = case
+    assert check_openpgp_packets(binary) == valid
+
+
+MIME_TYPES = [
+    "application/pgp-encrypted",
+    "application/octet-stream",
+    "text/plain",
+    "multipart/mixed",
+    "Application/PGP-Encrypted",
+    "APPLICATION/octet-stream",
+]
+
+WANTED_TYPES = (
+    ["application/pgp-encrypted", "Application/PGP-Encrypted"],
+    ["application/octet-stream", "APPLICATION/octet-stream"],
+)
+
+
+@st.composite
+def mime_trees(draw, payload: str) -> tuple[bytes, bool]:
+    """Random MIME messages around ``payload`` and whether §5.4 calls them encrypted."""
+    aim = draw(st.booleans())  # aim at the accepted shape, so both outcomes are explored
+    encrypted_types = ["multipart/encrypted", "Multipart/Encrypted"]
+    top = draw(
+        st.sampled_from(encrypted_types if aim else encrypted_types + ["multipart/mixed", "text/plain"])
+    )
+    n_parts = 2 if aim else draw(st.integers(0, 3))
+    parts, valid_parts = [], []
+    for index in range(n_parts):
+        ctype = draw(st.sampled_from(MIME_TYPES))
+        if aim and draw(st.integers(0, 3)):
+            ctype = draw(st.sampled_from(WANTED_TYPES[index]))
+        if ctype.lower() == "multipart/mixed":
+            body = "--inner\r\nContent-Type: text/plain\r\n\r\nx\r\n--inner--\r\n"
+            parts.append(f'Content-Type: multipart/mixed; boundary="inner"\r\n\r\n{body}')
+            valid_parts.append(False)
+            continue
+        body = draw(st.sampled_from(["Version: 1", "Version: 2", "", payload]))
+        if aim and draw(st.integers(0, 3)):
+            body = "Version: 1" if index == 0 else payload
+        parts.append(f"Content-Type: {ctype}\r\n\r\n{body}\r\n")
+        wanted = (
+            ("application/pgp-encrypted", "Version: 1")
+            if index == 0
+            else ("application/octet-stream", payload)
+        )
+        valid_parts.append(ctype.lower() == wanted[0] and body == wanted[1])
+    if top.lower().startswith("multipart/"):
+        body = "".join(f"--outer\r\n{part}" for part in parts) + "--outer--\r\n"
+        head = f'Content-Type: {top}; boundary="outer"\r\n'
+    else:
+        body, head = payload + "\r\n", f"Content-Type: {top}\r\n"
+    message = f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: x\r\n{head}\r\n{body}"
+    valid = top.lower() == "multipart/encrypted" and n_parts == 2 and all(valid_parts)
+    return message.encode(), valid
+
+
+@pytest.fixture(scope="module")
+def real_payload(openpgp) -> str:
+    return openpgp.armored(openpgp.encrypt("property test")).rstrip()
+
+
+@PROPERTY_SETTINGS
+@given(st.data())
+def test_only_the_pgp_mime_structure_is_accepted_as_encrypted(real_payload, data):
+    message, valid = data.draw(mime_trees(real_payload))
+    msg = parse_message(message)
+    assert check_encrypted(msg, outgoing=True) == valid
+    assert (check_outgoing(SENDER, [RECIPIENT], message).kind == "encrypted") == valid
+
+
+@PROPERTY_SETTINGS
+@given(packet_sequences(), st.booleans(), st.integers(0, 3))
+def test_armored_packets_are_judged_like_the_binary(case, checksum, trailing):
+    binary, valid = case
+    text = armor(binary, checksum=checksum) + "\r\n" * trailing
+    assert check_armored_payload(text, outgoing=True) == (valid and bool(binary))

@@ -11,7 +11,9 @@ Two modes, one process each:
   encrypted mail (plus Secure-Join requests and self-sent Autocrypt Setup
   Messages), and only under their own address.
 * ``incoming`` sits behind port 25: other servers may deliver encrypted
-  mail, bounces, and cleartext to recipients that still accept it.
+  mail, bounces, and cleartext to recipients that still accept it, and
+  only with a DKIM signature of the ``From:`` domain. The same checks
+  also serve relays that deliver over HTTPS (:mod:`chatmaild.mxdeliv`).
 
 The decisions themselves live in :mod:`chatmaild.mimecheck`; this module is
 the SMTP plumbing around them, on one asyncio event loop.
@@ -28,9 +30,10 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from . import mimecheck
+from . import dkimcheck, mimecheck
 from .config import Config, ConfigError, read_config
 from .logsetup import add_verbose_flag, setup_logging
+from .ratelimit import RateLimiter, format_until
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,21 @@ class ParameterTolerantSMTP(SMTP):
 
 
 class FilterHandler:
-    """aiosmtpd handler: check each message and reinject the accepted ones."""
+    """aiosmtpd handler: check each message and reinject the accepted ones.
 
-    def __init__(self, config: Config, mode: str) -> None:
+    ``ratelimiter`` and ``dkim`` can be injected by tests. Incoming mode
+    verifies DKIM unless ``CHATMAIL_SKIP_DKIM=1`` is in the environment;
+    there is deliberately no configuration key for that, so a relay
+    cannot be configured into accepting forged senders.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        mode: str,
+        ratelimiter: RateLimiter | None = None,
+        dkim: dkimcheck.DkimVerifier | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown filtermail mode {mode!r}: expected one of {', '.join(MODES)}")
         self.config = config
@@ -88,6 +103,19 @@ class FilterHandler:
         self.reinject_port = (
             config.postfix_reinject_port if mode == "outgoing" else config.postfix_reinject_port_incoming
         )
+        if ratelimiter is None:
+            ratelimiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
+        self.ratelimiter = ratelimiter
+        self.dkim: dkimcheck.DkimVerifier | None = None
+        if mode == "incoming":
+            if dkim is None and dkimcheck.should_skip_from_environment():
+                log.warning(
+                    "DKIM verification DISABLED by %s=1: incoming mail with forged senders "
+                    "is accepted. Never set this outside tests.",
+                    dkimcheck.SKIP_ENV_VAR,
+                )
+            else:
+                self.dkim = dkim if dkim is not None else dkimcheck.DkimVerifier()
 
     @property
     def listen_port(self) -> int:
@@ -99,19 +127,30 @@ class FilterHandler:
     ) -> str:
         # The null sender arrives as "<>" and is kept so (aiosmtpd treats an
         # empty mail_from as "no MAIL command yet"); handle_DATA maps it to "".
-        if self.mode == "outgoing" and address.count("@") != 1:
-            return f"500 Invalid from address <{address}>"
-        # Seam: the per-sender rate limit of outgoing mail belongs here.
+        if self.mode == "outgoing":
+            if address.count("@") != 1:
+                return f"500 Invalid from address <{address}>"
+            # Counted at MAIL FROM, before the body is sent, so a flood costs us no DATA.
+            until = self.ratelimiter.check(address.lower())
+            if until is not None:
+                log.info("outgoing: rate limited a sender until %s", format_until(until))
+                return f"450 4.7.1: Too much mail from {address}, rate limited until {format_until(until)}"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        data = envelope.original_content or b""
         mail_from = envelope.mail_from or ""
         if mail_from == NULL_SENDER:
             mail_from = ""
-        rcpt_tos = list(envelope.rcpt_tos)
+        return await self.process(mail_from, list(envelope.rcpt_tos), envelope.original_content or b"")
+
+    async def process(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> str:
+        """Check one message and reinject it if accepted; return the SMTP reply line.
+
+        Shared by the SMTP server and the HTTP receiver, so both apply the
+        very same rules. ``mail_from`` is ``""`` for the null sender.
+        """
         if self.mode == "outgoing":
             verdict = mimecheck.check_outgoing(mail_from, rcpt_tos, data)
         else:
@@ -128,13 +167,17 @@ class FilterHandler:
         return await self.reinject(verdict.reinject_from, rcpt_tos, data)
 
     async def check_origin(self, data: bytes, verdict: mimecheck.Verdict) -> str | None:
-        """Verify that incoming mail comes from the domain in ``From:``.
+        """Verify that incoming mail comes from the domain in ``From:``; the refusal, or None.
 
-        Not implemented yet: accepts everything. This is the seam for strict
-        DKIM verification (``d=`` equal to the From domain); it returns the
-        SMTP reply for a refusal, or None.
+        Runs after the encryption check, so cleartext is refused without
+        spending DNS lookups and RSA work on it.
         """
-        return None
+        if self.dkim is None:
+            return None
+        refusal = await self.dkim.check(data, verdict.from_addr)
+        if refusal is not None:
+            log.info("incoming: refused %s mail: %s", verdict.kind, refusal)
+        return refusal
 
     def accepts_cleartext(self, rcpt: str) -> bool:
         """A recipient takes cleartext unless its mailbox has the enforceE2EEincoming marker."""
@@ -189,13 +232,29 @@ def make_smtp_factory(handler: FilterHandler) -> Any:
 
 
 async def serve(config: Config, mode: str) -> None:
-    """Listen on the loopback port of ``mode`` and serve until cancelled."""
+    """Listen on the loopback port(s) of ``mode`` and serve until cancelled.
+
+    Incoming mode also runs the HTTP receiver for relays that deliver over
+    HTTPS (nginx terminates TLS), on the same event loop and handler.
+    """
     handler = FilterHandler(config, mode)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(make_smtp_factory(handler), LISTEN_HOST, handler.listen_port)
     log.info("filtermail %s listening on %s:%s", mode, LISTEN_HOST, handler.listen_port)
-    async with server:
-        await server.serve_forever()
+    http_runner = None
+    if mode == "incoming":
+        from . import mxdeliv
+
+        http_runner = await mxdeliv.start(handler, LISTEN_HOST, config.filtermail_http_port_incoming)
+        log.info(
+            "filtermail incoming HTTP receiver on %s:%s", LISTEN_HOST, config.filtermail_http_port_incoming
+        )
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        if http_runner is not None:
+            await http_runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

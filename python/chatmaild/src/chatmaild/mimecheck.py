@@ -60,33 +60,36 @@ def _new_format_length(data: bytes, pos: int) -> tuple[int, int, bool] | None:
     return 1 << (first & 0x1F), 1, True
 
 
-def _packet_end(data: bytes, pos: int) -> tuple[int, int] | None:
-    """Return (tag, end offset) of the packet starting at ``pos``, or None if malformed."""
+def _packet_end(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """Return (tag, end offset, body length) of the packet at ``pos``, or None if malformed."""
     header = data[pos]
     if not header & 0x80:
         return None
     pos += 1
     if header & 0x40:
         tag = header & 0x3F
+        body = 0
         while True:  # partial body lengths: chunks until a final length
             parsed = _new_format_length(data, pos)
             if parsed is None:
                 return None
             length, size, partial = parsed
             pos += size + length
+            body += length
             if not partial:
-                return tag, pos
+                return tag, pos, body
             if pos > len(data):
                 return None
     # Old (legacy) format, still emitted by GnuPG for PKESK packets.
     tag = (header >> 2) & 0x0F
     length_type = header & 0x03
     if length_type == 3:  # indeterminate: up to the end of the data
-        return tag, len(data)
+        return tag, len(data), len(data) - pos
     size = 1 << length_type
     if pos + size > len(data):
         return None
-    return tag, pos + size + int.from_bytes(data[pos : pos + size], "big")
+    length = int.from_bytes(data[pos : pos + size], "big")
+    return tag, pos + size + length, length
 
 
 def check_openpgp_packets(data: bytes) -> bool:
@@ -96,11 +99,12 @@ def check_openpgp_packets(data: bytes) -> bool:
         parsed = _packet_end(data, pos)
         if parsed is None:
             return False
-        tag, end = parsed
+        tag, end, body = parsed
         if end > len(data):
             return False
         if end == len(data):
-            return tag == TAG_SEIPD
+            # An SEIPD packet with no body carries nothing encrypted.
+            return tag == TAG_SEIPD and body > 0
         if tag not in (TAG_PKESK, TAG_SKESK):
             return False
         pos = end
@@ -256,12 +260,14 @@ class Verdict:
     ``reply`` is the SMTP reply line for the client when the message is
     refused. When accepted, ``reinject_from`` is the envelope sender to use
     (``""`` is the null sender) and ``kind`` names the rule that let it pass.
+    ``from_addr`` is the ``From:`` address, which the origin check needs.
     """
 
     accept: bool
     reply: str
     kind: str
     reinject_from: str = ""
+    from_addr: str = ""
 
 
 def _reject(reply: str, kind: str) -> Verdict:
@@ -291,11 +297,11 @@ def check_outgoing(mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> Verd
     if from_addr.lower() != mail_from.lower():
         return _reject(f"500 Invalid FROM <{from_addr}> for <{mail_from}>", "forged-from")
     if check_encrypted(msg, outgoing=True):
-        return Verdict(True, REPLY_OK, "encrypted", mail_from)
+        return Verdict(True, REPLY_OK, "encrypted", mail_from, from_addr)
     if is_securejoin(msg):
-        return Verdict(True, REPLY_OK, "securejoin", mail_from)
+        return Verdict(True, REPLY_OK, "securejoin", mail_from, from_addr)
     if is_self_sent_setup_message(msg, mail_from, rcpt_tos):
-        return Verdict(True, REPLY_OK, "setup-message", mail_from)
+        return Verdict(True, REPLY_OK, "setup-message", mail_from, from_addr)
     return _reject(REPLY_ENCRYPTION_NEEDED, "cleartext")
 
 
@@ -319,11 +325,11 @@ def check_incoming(
     assert msg is not None and from_addr is not None
     sender = mail_from if mail_from.lower() == from_addr.lower() else ""
     if check_encrypted(msg, outgoing=False):
-        return Verdict(True, REPLY_OK, "encrypted", sender)
+        return Verdict(True, REPLY_OK, "encrypted", sender, from_addr)
     if is_securejoin(msg):
-        return Verdict(True, REPLY_OK, "securejoin", sender)
+        return Verdict(True, REPLY_OK, "securejoin", sender, from_addr)
     if is_mailer_daemon_report(msg):
-        return Verdict(True, REPLY_OK, "mailer-daemon", sender)
+        return Verdict(True, REPLY_OK, "mailer-daemon", sender, from_addr)
     if all(accepts_cleartext(rcpt) for rcpt in rcpt_tos):
-        return Verdict(True, REPLY_OK, "cleartext-allowed", sender)
+        return Verdict(True, REPLY_OK, "cleartext-allowed", sender, from_addr)
     return _reject(REPLY_ENCRYPTION_NEEDED, "cleartext")

@@ -1,0 +1,275 @@
+"""DKIM verification of incoming mail: the sender's domain must have signed it.
+
+The relay accepts mail from other servers only if the domain in ``From:``
+vouches for it with a DKIM signature whose ``d=`` is exactly that domain
+(strict alignment, as DMARC ``adkim=s``; no organisational-domain
+relaxation). Without this, anyone could deliver mail that claims to come
+from a user of another relay. ``From:`` addresses with an IP literal
+domain (``user@[192.0.2.1]``) are exempt: IP-only relays have no DNS name
+to publish a key under.
+
+Verification is split in two so that the event loop never blocks:
+
+* the public keys (DNS TXT records ``<s>._domainkey.<d>``) are fetched
+  asynchronously with dnspython's asyncio resolver and kept in an LRU cache;
+* dkimpy then verifies in a worker thread, reading keys only from what was
+  fetched. Hashing a body of up to ``max_message_size`` and the RSA
+  arithmetic are CPU work that would stall every other connection if run
+  on the loop. dkimpy's own asyncio support is not used because it needs
+  the aiodns package, which we would only pull in for this.
+
+A DNS failure that might be temporary (timeout, SERVFAIL, no resolver)
+defers the message with a 4xx so the sender retries; only a definite
+answer (no such key, bad signature) refuses it with 554.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import dkim
+import dkim.util
+
+log = logging.getLogger(__name__)
+
+# dkimpy logs each signature's tag list at DEBUG and its own errors at ERROR;
+# both are per-message noise for us, so only warnings and above pass.
+_dkimpy_log = logging.getLogger(__name__ + ".dkimpy")
+_dkimpy_log.setLevel(logging.WARNING)
+
+REPLY_NO_SIGNATURE = "554 5.7.1 No DKIM signature found"
+REPLY_NO_VALID_SIGNATURE = "554 5.7.1 No valid DKIM signature found"
+REPLY_DNS_TEMPORARY = "451 4.4.3 DKIM key lookup failed temporarily, try again later"
+
+DNS_TIMEOUT_SECONDS = 60.0
+CACHE_SIZE = 1000
+CACHE_MAX_AGE_SECONDS = 3600.0
+"""Keys are refetched after this long even if every signature verified, so rotations are seen."""
+
+SKIP_ENV_VAR = "CHATMAIL_SKIP_DKIM"
+
+
+class DnsTemporaryError(Exception):
+    """The key lookup failed in a way that may succeed later (timeout, SERVFAIL, no resolver)."""
+
+
+TxtLookup = Callable[[str], Awaitable[bytes | None]]
+"""Fetch the TXT record of a name: its bytes, None if there is none, or raise DnsTemporaryError."""
+
+
+async def resolve_txt(name: str, timeout: float = DNS_TIMEOUT_SECONDS) -> bytes | None:
+    """Look up one DKIM key record through the system resolver (unbound on a relay)."""
+    import dns.asyncresolver
+    import dns.exception
+    import dns.resolver
+
+    try:
+        answer = await dns.asyncresolver.resolve(name, "TXT", lifetime=timeout, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return None
+    except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration) as exc:
+        raise DnsTemporaryError(f"{type(exc).__name__}") from exc
+    except dns.exception.DNSException as exc:
+        # e.g. a name too long to be a DNS name: no record can exist for it.
+        log.debug("TXT lookup of %s: %s", name, exc)
+        return None
+    records = [b"".join(rdata.strings) for rdata in answer]
+    # Several TXT records under one name: prefer the one that is a DKIM key.
+    for record in records:
+        if record.lstrip().startswith(b"v=DKIM1"):
+            return record
+    return records[0] if records else None
+
+
+def should_skip_from_environment() -> bool:
+    """True if ``CHATMAIL_SKIP_DKIM=1`` is set: for test setups without DNS only."""
+    import os
+
+    return os.environ.get(SKIP_ENV_VAR, "").strip().lower() in ("1", "true")
+
+
+def is_ip_literal(domain: str) -> bool:
+    """True for an address literal such as ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return False
+    inner = domain[1:-1]
+    if inner[:5].lower() == "ipv6:":
+        inner = inner[5:]
+    try:
+        ipaddress.ip_address(inner)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Signature:
+    index: int
+    domain: str
+    selector: str
+
+    @property
+    def key_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}."
+
+
+class KeyCache:
+    """LRU cache of DKIM key records by DNS name; None (no record) is cached too."""
+
+    def __init__(
+        self,
+        size: int = CACHE_SIZE,
+        max_age: float = CACHE_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.size = size
+        self.max_age = max_age
+        self.clock = clock
+        self._entries: collections.OrderedDict[str, tuple[float, bytes | None]] = collections.OrderedDict()
+
+    def get(self, name: str) -> tuple[bool, bytes | None]:
+        """(hit?, record)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return False, None
+        stored_at, record = entry
+        if self.clock() - stored_at > self.max_age:
+            del self._entries[name]
+            return False, None
+        self._entries.move_to_end(name)
+        return True, record
+
+    def put(self, name: str, record: bytes | None) -> None:
+        self._entries[name] = (self.clock(), record)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def invalidate(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _parse_signatures(signer: dkim.DKIM) -> list[_Signature]:
+    """The DKIM-Signature headers that name a domain and selector, in header order."""
+    found = []
+    index = -1
+    for name, value in signer.headers:
+        if name.lower() != b"dkim-signature":
+            continue
+        index += 1  # dkimpy's verify(idx) counts every DKIM-Signature header
+        try:
+            tags = dkim.util.parse_tag_value(value)
+            domain = tags[b"d"].decode("ascii").strip()
+            selector = tags[b"s"].decode("ascii").strip()
+        except Exception:
+            continue
+        found.append(_Signature(index, domain, selector))
+    return found
+
+
+class DkimVerifier:
+    """Checks that incoming mail carries a valid DKIM signature of its ``From:`` domain."""
+
+    def __init__(self, lookup_txt: TxtLookup = resolve_txt, cache: KeyCache | None = None) -> None:
+        self.lookup_txt = lookup_txt
+        self.cache = cache if cache is not None else KeyCache()
+
+    async def check(self, data: bytes, from_addr: str) -> str | None:
+        """Return the SMTP refusal for ``data`` claiming to be from ``from_addr``, or None to accept."""
+        domain = from_addr.rpartition("@")[2]
+        if is_ip_literal(domain):
+            return None
+        try:
+            signer, signatures, any_signature = await asyncio.to_thread(self._prepare, data)
+        except Exception:
+            log.info("DKIM: message could not be parsed for verification")
+            return REPLY_NO_VALID_SIGNATURE
+        if not any_signature:
+            log.info("DKIM: no signature, From domain %s", domain)
+            return REPLY_NO_SIGNATURE
+        aligned = [sig for sig in signatures if sig.domain.lower() == domain.lower()]
+        if not aligned:
+            log.info("DKIM: no signature by the From domain %s", domain)
+            return REPLY_NO_VALID_SIGNATURE
+        temporary = False
+        pending, use_cache = aligned, True
+        while pending:
+            keys, cached, lookup_failed = await self._fetch_keys(pending, use_cache)
+            temporary = temporary or lookup_failed
+            candidates = [sig for sig in pending if sig.key_name in keys]
+            passed, failed = await asyncio.to_thread(self._verify, signer, candidates, keys)
+            if passed:
+                return None
+            for sig in failed:
+                self.cache.invalidate(sig.key_name)
+            if not use_cache:
+                break
+            # A failure with a cached key may just be a rotated key: look
+            # again once, with fresh records, before refusing.
+            pending = [sig for sig in failed if sig.key_name in cached]
+            use_cache = False
+        if temporary:
+            return REPLY_DNS_TEMPORARY
+        log.info("DKIM: signature of %s did not verify", domain)
+        return REPLY_NO_VALID_SIGNATURE
+
+    def _prepare(self, data: bytes) -> tuple[dkim.DKIM, list[_Signature], bool]:
+        signer = dkim.DKIM(data, logger=_dkimpy_log, timeout=int(DNS_TIMEOUT_SECONDS))
+        any_signature = any(name.lower() == b"dkim-signature" for name, _ in signer.headers)
+        return signer, _parse_signatures(signer), any_signature
+
+    async def _fetch_keys(
+        self, signatures: list[_Signature], use_cache: bool
+    ) -> tuple[dict[str, bytes | None], set[str], bool]:
+        """Keys by name, the names answered from the cache, and whether a lookup failed temporarily."""
+        keys: dict[str, bytes | None] = {}
+        cached: set[str] = set()
+        temporary = False
+        for name in dict.fromkeys(sig.key_name for sig in signatures):
+            if use_cache:
+                hit, record = self.cache.get(name)
+                if hit:
+                    keys[name] = record
+                    cached.add(name)
+                    continue
+            try:
+                record = await self.lookup_txt(name)
+            except DnsTemporaryError as exc:
+                log.warning("DKIM: key lookup of %s failed: %s", name, exc)
+                temporary = True
+                continue
+            self.cache.put(name, record)
+            keys[name] = record
+        return keys, cached, temporary
+
+    @staticmethod
+    def _verify(
+        signer: dkim.DKIM, signatures: list[_Signature], keys: dict[str, bytes | None]
+    ) -> tuple[bool, list[_Signature]]:
+        """Verify with prefetched keys only (runs in a thread): (one passed?, those that failed)."""
+
+        def from_prefetched(name: bytes, timeout: int = 0) -> bytes | None:
+            return keys.get(name.decode("ascii", "replace"))
+
+        failed = []
+        for sig in signatures:
+            try:
+                if signer.verify(idx=sig.index, dnsfunc=from_prefetched):
+                    return True, failed
+            except dkim.DKIMException as exc:
+                log.debug("DKIM: signature %d of %s is malformed: %s", sig.index, sig.domain, exc)
+            except Exception:
+                log.debug(
+                    "DKIM: signature %d of %s could not be checked", sig.index, sig.domain, exc_info=True
+                )
+            failed.append(sig)
+        return False, failed

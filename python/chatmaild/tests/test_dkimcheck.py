@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from chatmaild.dkimcheck import (
+    REPLY_DNS_TEMPORARY,
+    REPLY_NO_SIGNATURE,
+    REPLY_NO_VALID_SIGNATURE,
+    DkimVerifier,
+    DnsTemporaryError,
+    KeyCache,
+    is_ip_literal,
+)
+
+REMOTE = "remote.example"
+ALICE = f"alice@{REMOTE}"
+
+
+def check(verifier: DkimVerifier, data: bytes, from_addr: str = ALICE) -> str | None:
+    return asyncio.run(verifier.check(data, from_addr))
+
+
+@pytest.fixture
+def verifier(dkim_domains) -> DkimVerifier:
+    return DkimVerifier(lookup_txt=dkim_domains.lookup_txt)
+
+
+@pytest.fixture
+def mail(mails) -> bytes:
+    return mails.make("encrypted", from_addr=ALICE)
+
+
+def test_valid_signature_of_the_from_domain_is_accepted(verifier, dkim_domains, mail):
+    assert check(verifier, dkim_domains.sign(mail, REMOTE)) is None
+
+
+def test_domain_comparison_ignores_case(verifier, dkim_domains, mail):
+    assert (
+        check(verifier, dkim_domains.sign(mail, "Remote.EXAMPLE"), from_addr="alice@REMOTE.example") is None
+    )
+
+
+def test_signature_of_another_domain_is_refused(verifier, dkim_domains, mail):
+    assert check(verifier, dkim_domains.sign(mail, "other.example")) == REPLY_NO_VALID_SIGNATURE
+
+
+def test_signature_of_the_parent_domain_is_not_enough(verifier, dkim_domains, mails):
+    data = mails.make("encrypted", from_addr="alice@mail.remote.example")
+    assert (
+        check(verifier, dkim_domains.sign(data, REMOTE), "alice@mail.remote.example")
+        == REPLY_NO_VALID_SIGNATURE
+    )
+
+
+def test_unsigned_mail_is_refused(verifier, mail):
+    assert check(verifier, mail) == REPLY_NO_SIGNATURE
+
+
+def test_altered_body_is_refused(verifier, dkim_domains, mail):
+    signed = dkim_domains.sign(mail, REMOTE)
+    tampered = signed.replace(b"-----END PGP MESSAGE-----", b"-----END PGP MESSAGE-----\r\nPS")
+    assert tampered != signed
+    assert check(verifier, tampered) == REPLY_NO_VALID_SIGNATURE
+
+
+def test_altered_signed_header_is_refused(verifier, dkim_domains, mail):
+    tampered = dkim_domains.sign(mail, REMOTE).replace(b"Subject: ...", b"Subject: changed")
+    assert check(verifier, tampered) == REPLY_NO_VALID_SIGNATURE
+
+
+def test_one_valid_signature_among_broken_ones_is_enough(verifier, dkim_domains, mail):
+    signed = dkim_domains.sign(mail, REMOTE)
+    broken = dkim_domains.sign(mail, REMOTE, selector="gone", publish=False)
+    both = broken.split(b"\r\n", 1)[0] + b"\r\n" + signed
+    assert check(verifier, both) is None
+
+
+def test_unpublished_key_is_refused(verifier, dkim_domains, mail):
+    assert check(verifier, dkim_domains.sign(mail, REMOTE, publish=False)) == REPLY_NO_VALID_SIGNATURE
+
+
+def test_malformed_signature_header_is_refused(verifier, mail):
+    data = b"DKIM-Signature: v=1; this is not a tag list\r\n" + mail
+    assert check(verifier, data) == REPLY_NO_VALID_SIGNATURE
+
+
+@pytest.mark.parametrize("domain", ["[192.0.2.1]", "[IPv6:2001:db8::1]", "[ipv6:::1]"])
+def test_ip_literal_from_domain_skips_dkim(verifier, mails, domain):
+    data = mails.make("encrypted", from_addr=f"alice@{domain}")
+    assert check(verifier, data, from_addr=f"alice@{domain}") is None
+
+
+@pytest.mark.parametrize("domain", ["[not an ip]", "192.0.2.1", "[192.0.2.1", "[IPv6:300.1.1.1]"])
+def test_only_real_address_literals_count_as_ip_literals(domain):
+    assert not is_ip_literal(domain)
+
+
+def test_temporary_dns_failure_defers_instead_of_refusing(mail, dkim_domains):
+    async def failing(name: str) -> bytes | None:
+        raise DnsTemporaryError("Timeout")
+
+    verifier = DkimVerifier(lookup_txt=failing)
+    assert check(verifier, dkim_domains.sign(mail, REMOTE)) == REPLY_DNS_TEMPORARY
+
+
+def test_keys_are_cached_between_messages(verifier, dkim_domains, mails):
+    for _ in range(3):
+        assert check(verifier, dkim_domains.sign(mails.make("encrypted", from_addr=ALICE), REMOTE)) is None
+    assert dkim_domains.queries == [f"sel1._domainkey.{REMOTE}."]
+
+
+def test_failed_signature_with_cached_key_looks_the_key_up_again(verifier, dkim_domains, mail, dkim_rsa_key):
+    assert check(verifier, dkim_domains.sign(mail, REMOTE)) is None
+    # The domain rotates its key under the same selector; the cache still has the old one.
+    from conftest import DkimDomains
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rotated = DkimDomains(
+        new_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ),
+        new_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+    dkim_domains.published[f"sel1._domainkey.{REMOTE}."] = rotated.record
+    assert check(verifier, rotated.sign(mail, REMOTE)) is None
+    assert len(dkim_domains.queries) == 2
+
+
+def test_key_cache_forgets_the_least_recently_used_name():
+    cache = KeyCache(size=2)
+    cache.put("a", b"1")
+    cache.put("b", b"2")
+    assert cache.get("a") == (True, b"1")
+    cache.put("c", b"3")
+    assert cache.get("b") == (False, None)
+    assert cache.get("a") == (True, b"1")
+    assert len(cache) == 2
+
+
+def test_key_cache_entries_expire():
+    now = [0.0]
+    cache = KeyCache(max_age=10, clock=lambda: now[0])
+    cache.put("a", None)
+    assert cache.get("a") == (True, None)
+    now[0] = 11
+    assert cache.get("a") == (False, None)
+
+
+def test_message_content_is_not_logged(verifier, dkim_domains, mail, caplog):
+    with caplog.at_level(logging.DEBUG):
+        check(verifier, dkim_domains.sign(mail, "other.example"))
+        check(verifier, mail.replace(b"Subject: ...", b"Subject: ...") + b"x")
+    assert "BEGIN PGP" not in caplog.text
+    assert "Subject" not in caplog.text

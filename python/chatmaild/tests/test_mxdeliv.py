@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiosmtpd.smtp import SMTP
+from conftest import DOMAIN
+from test_filtermail import FakePostfix, Received
+
+from chatmaild.dkimcheck import DkimVerifier
+from chatmaild.filtermail import FilterHandler, serve
+from chatmaild.mxdeliv import make_app
+
+RECIPIENT = f"recipient@{DOMAIN}"
+ALICE = "alice@remote.example"
+
+
+@pytest.fixture
+def run_http(make_config, dkim_domains) -> Callable[..., None]:
+    """Run ``scenario(client, postfix)`` against the HTTP receiver of an incoming filter."""
+
+    def run(scenario: Callable[[TestClient, FakePostfix], Awaitable[None]], **overrides: object) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            postfix = FakePostfix()
+            postfix_server = await loop.create_server(lambda: SMTP(postfix), "127.0.0.1", 0)
+            config = make_config(
+                postfix_reinject_port_incoming=postfix_server.sockets[0].getsockname()[1], **overrides
+            )
+            handler = FilterHandler(config, "incoming", dkim=DkimVerifier(lookup_txt=dkim_domains.lookup_txt))
+            async with postfix_server, TestClient(TestServer(make_app(handler))) as client:
+                await scenario(client, postfix)
+
+        asyncio.run(main())
+
+    return run
+
+
+def test_signed_encrypted_mail_is_delivered_with_200(run_http, mails, dkim_domains):
+    data = dkim_domains.sign(mails.make("encrypted", from_addr=ALICE, to_addr=RECIPIENT), "remote.example")
+
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        headers = [("X-MAIL-FROM", ALICE), ("X-MAIL-TO", RECIPIENT), ("X-MAIL-TO", f"other@{DOMAIN}")]
+        response = await client.post("/mxdeliv", data=data, headers=headers)
+        assert (response.status, await response.text()) == (200, "250 OK\r\n")
+        assert postfix.received == [Received(ALICE, [RECIPIENT, f"other@{DOMAIN}"], data)]
+
+    run_http(scenario)
+
+
+def test_missing_sender_header_means_the_null_sender(run_http, mails, dkim_domains):
+    data = dkim_domains.sign(mails.make("encrypted", from_addr=ALICE, to_addr=RECIPIENT), "remote.example")
+
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        response = await client.post("/any/path", data=data, headers={"X-MAIL-TO": RECIPIENT})
+        assert response.status == 200
+        assert postfix.received[0].mail_from == "<>"
+
+    run_http(scenario)
+
+
+def test_unsigned_mail_is_refused_with_400_and_the_smtp_line(run_http, mails):
+    data = mails.make("encrypted", from_addr=ALICE, to_addr=RECIPIENT)
+
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        response = await client.post("/mxdeliv", data=data, headers={"X-MAIL-TO": RECIPIENT})
+        assert (response.status, await response.text()) == (400, "554 5.7.1 No DKIM signature found\r\n")
+        assert postfix.received == []
+
+    run_http(scenario)
+
+
+def test_cleartext_to_a_strict_recipient_is_refused_with_523(run_http, mails, make_config, dkim_domains):
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    data = dkim_domains.sign(mails.make("plain", from_addr=ALICE, to_addr=strict), "remote.example")
+
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        response = await client.post("/mxdeliv", data=data, headers={"X-MAIL-TO": strict})
+        assert response.status == 400
+        assert (await response.text()).startswith("523 Encryption Needed")
+
+    run_http(scenario)
+
+
+def test_message_over_the_size_limit_is_refused_with_413(run_http, mails):
+    data = mails.make("encrypted", from_addr=ALICE, to_addr=RECIPIENT)
+
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        response = await client.post("/mxdeliv", data=data, headers={"X-MAIL-TO": RECIPIENT})
+        assert (response.status, await response.text()) == (413, "552 Message exceeds maximum size\r\n")
+
+        async def chunks():  # no Content-Length: the limit must hold while streaming too
+            for _ in range(4):
+                yield data
+
+        response = await client.post("/mxdeliv", data=chunks(), headers={"X-MAIL-TO": RECIPIENT})
+        assert response.status == 413
+
+    run_http(scenario, max_message_size=len(data) // 2)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_methods_other_than_post_get_405(run_http, method):
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        response = await client.request(method, "/mxdeliv")
+        assert response.status == 405
+
+    run_http(scenario)
+
+
+def test_request_without_recipients_is_refused(run_http, mails):
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        response = await client.post("/mxdeliv", data=mails.make("encrypted", from_addr=ALICE))
+        assert response.status == 400
+        assert (await response.text()).startswith("554 5.5.1")
+
+    run_http(scenario)
+
+
+def test_garbage_body_is_refused_and_the_receiver_keeps_serving(run_http, mails, dkim_domains):
+    good = dkim_domains.sign(mails.make("encrypted", from_addr=ALICE, to_addr=RECIPIENT), "remote.example")
+
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        for junk in (b"", b"\x00\xff" * 1000, b"From: <>\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n"):
+            response = await client.post("/mxdeliv", data=junk, headers={"X-MAIL-TO": RECIPIENT})
+            assert response.status == 400
+            assert (await response.text())[:1] == "5"
+        response = await client.post("/mxdeliv", data=good, headers={"X-MAIL-TO": RECIPIENT})
+        assert response.status == 200
+
+    run_http(scenario)
+
+
+def test_incoming_filter_serves_smtp_and_http_on_one_loop(make_config, mails, dkim_domains, monkeypatch):
+    """serve() in incoming mode listens on both ports; SMTP and HTTP refuse unsigned mail alike."""
+    import aiohttp
+    import aiosmtplib
+    from test_filtermail import free_port
+
+    monkeypatch.delenv("CHATMAIL_SKIP_DKIM", raising=False)
+    smtp_port, http_port = free_port(), free_port()
+    config = make_config(filtermail_smtp_port_incoming=smtp_port, filtermail_http_port_incoming=http_port)
+    data = mails.make("encrypted", from_addr=ALICE, to_addr=RECIPIENT)
+
+    async def main() -> None:
+        task = asyncio.create_task(serve(config, "incoming"))
+        for _ in range(100):
+            try:
+                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, start_tls=False)
+                await smtp.connect()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        with pytest.raises(aiosmtplib.SMTPDataError) as excinfo:
+            await smtp.sendmail(ALICE, [RECIPIENT], data)
+        assert excinfo.value.code == 554
+        smtp.close()
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{http_port}/mxdeliv"
+            async with session.post(url, data=data, headers={"X-MAIL-TO": RECIPIENT}) as response:
+                assert response.status == 400
+                assert (await response.text()).startswith("554 5.7.1")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
