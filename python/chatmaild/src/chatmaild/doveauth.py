@@ -38,6 +38,7 @@ from filelock import FileLock
 from .config import Config, ConfigError, read_config
 from .logsetup import add_verbose_flag, setup_logging
 from .sha512crypt import hash_password
+from .syslimits import has_sufficient_resources
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,13 @@ def check_creation_allowed(config: Config, addr: str, password: str) -> Decision
 
 
 def sufficient_resources(config: Config) -> Decision:
-    """Resource gate for new accounts (load, memory, disk).
+    """Resource gate for new accounts: load, available memory and free disk (spec §6.6).
 
-    Not implemented yet: always allows. It is the seam where the checks of
-    ``max_load_1m``, ``min_available_memory`` and ``min_free_disk_space`` go;
-    existing accounts never pass through it.
+    Existing accounts never pass through it, so a busy or full relay keeps serving its
+    users while it stops taking new ones.
     """
-    return ALLOWED
+    verdict = has_sufficient_resources(config)
+    return Decision(verdict.ok, verdict.reason)
 
 
 class AccountStore:

@@ -1,0 +1,613 @@
+"""chatmail-expire: the daily retention job, and the quota-warning hook.
+
+A chatmail relay is a relay, not an archive: clients fetch their messages
+within days, so the relay deletes what they have had time to fetch. Once a
+day ``chatmail-expire`` walks ``mailboxes_dir`` and, per account:
+
+1. removes the whole account if its last login (the ``password`` file's
+   mtime, kept at day precision by the login tracker) is older than
+   ``delete_inactive_users_after`` days;
+2. removes a directory without a ``password`` file if it is empty (it is
+   left alone, and reported, if not: we cannot tell what it is);
+3. deletes message files (anything inside a ``cur``, ``new`` or ``tmp``
+   directory, at any depth, so IMAP folders such as ``.DeltaChat/cur``
+   count) older than ``delete_mails_after`` days, and large read messages
+   (in ``cur``) older than ``delete_large_after`` days; a large message still
+   in ``new`` has not been fetched yet and is kept;
+4. trims the account to 70 % of its quota, oldest messages first;
+5. deletes ``maildirsize`` if anything went, so Dovecot recounts the quota.
+
+Everything that is not a message (the password, the encryption marker,
+metadata, Dovecot's index and uid files) is never touched except by step 1.
+
+The tree is streamed with :func:`os.scandir`, one account at a time: a relay
+has hundreds of thousands of accounts and tens of millions of files, and the
+job must neither hold them in memory nor stop because Dovecot moved or
+deleted a file while it was looking (a file that vanishes is simply skipped).
+
+It is a dry run unless ``--remove`` is given, so an operator can see what a
+changed setting would delete before it does.
+
+``chatmail-quota-expire`` is the script Dovecot runs when a mailbox crosses
+75 % of its quota: it deletes the oldest messages until the mailbox is under
+the target it is given, so the relay makes room instead of bouncing mail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from .config import Config, ConfigError, read_config
+from .logsetup import setup_logging
+from .user import PASSWORD_FILE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/chatmail/chatmail.ini")
+SECONDS_PER_DAY = 86400
+MIB = 1024 * 1024
+
+LARGE_MESSAGE_BYTES = 200_000
+"""A message above this size counts as large (upstream's value) and expires sooner once read."""
+
+MESSAGE_DIRS = frozenset({"cur", "new", "tmp"})
+"""Maildir subdirectories that hold messages; every other file is account data."""
+
+QUOTA_TRIM_SHARE = 0.7
+"""The daily job trims each mailbox to this share of its quota (Dovecot's warning fires at 75 %)."""
+
+MIN_TRIM_AGE_SECONDS = SECONDS_PER_DAY
+"""Quota trimming never deletes a message younger than this: the client may not have seen it yet."""
+
+QUOTA_FILE = "maildirsize"
+"""Dovecot's cached quota usage; deleting it makes Dovecot recount after we deleted messages."""
+
+DEFAULT_PROGRESS_EVERY = 1000
+
+# Dovecot's maildir file names: "<unix time>.<unique part>,S=<size>[,W=<size>][:2,<flags>]".
+# S= is the logical (uncompressed) size, which is what the quota counts.
+_MAILDIR_NAME = re.compile(r"^(?P<time>\d+)\..*?,S=(?P<size>\d+)")
+
+
+@dataclasses.dataclass
+class Removed:
+    """How many files and bytes were (or, in a dry run, would be) deleted."""
+
+    files: int = 0
+    bytes: int = 0
+
+    def add(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+
+
+@dataclasses.dataclass
+class ExpireStats:
+    """The outcome of one run, for the summary line and for tests."""
+
+    accounts_scanned: int = 0
+    accounts_removed: int = 0
+    account_files_removed: int = 0
+    account_bytes_removed: int = 0
+    empty_dirs_removed: int = 0
+    nonempty_dirs_skipped: int = 0
+    files_scanned: int = 0
+    files_removed: int = 0
+    bytes_removed: int = 0
+    quota_files_removed: int = 0
+
+
+class Reporter:
+    """Where the job's lines go: actions to stdout, progress to stderr.
+
+    Kept apart from logging because these lines are the job's output (an
+    operator reads the dry run's list), while the logger carries problems.
+    """
+
+    def __init__(self, *, verbose: bool, dry_run: bool, out: TextIO, err: TextIO) -> None:
+        self.verbose = verbose
+        self.dry_run = dry_run
+        self.out = out
+        self.err = err
+        self.verb = "would remove" if dry_run else "removing"
+
+    def file(self, path: str, mtime: float, size: int) -> None:
+        if self.verbose:
+            day = time.strftime("%b %d", time.gmtime(mtime))
+            print(f"{self.verb} {day} {size:>9} {path}", file=self.out)
+
+    def account(self, path: str, why: str) -> None:
+        if self.verbose or self.dry_run:
+            print(f"{self.verb} account {path} ({why})", file=self.out)
+
+    def note(self, text: str) -> None:
+        print(text, file=self.out)
+
+    def progress(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+
+# --- walking -------------------------------------------------------------
+
+
+def _scandir(path: str) -> Iterator[os.DirEntry[str]]:
+    """Entries of ``path``, or none if it vanished or cannot be read (logged)."""
+    try:
+        with os.scandir(path) as entries:
+            yield from entries
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        return
+    except PermissionError as exc:
+        log.warning("cannot read directory, skipped: %s", exc)
+
+
+def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    """The entry's own metadata, or None if it vanished since it was listed."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """One regular file found under a mailbox."""
+
+    path: str
+    name: str
+    parent: str
+    """Name of the directory that holds the file (``cur``, ``new``, ``tmp`` for messages)."""
+    top_level: bool
+    """True if the parent is directly in the mailbox (only there does quota trimming look)."""
+    mtime: float
+    size: int
+
+    @property
+    def is_message(self) -> bool:
+        return self.parent in MESSAGE_DIRS
+
+
+def iter_mailbox_files(mailbox: str) -> Iterator[FileInfo]:
+    """Yield every regular file under ``mailbox``, depth first, as it is read.
+
+    Only the open directory handles along the current path are held, never a
+    list of files. Symbolic links are neither followed nor reported.
+    """
+    yield from _iter_files(mailbox, os.path.basename(mailbox), depth=0)
+
+
+def _iter_files(directory: str, name: str, depth: int) -> Iterator[FileInfo]:
+    for entry in _scandir(directory):
+        if _is_dir(entry):
+            yield from _iter_files(entry.path, entry.name, depth + 1)
+        elif _is_file(entry):
+            st = _stat(entry)
+            if st is not None:
+                yield FileInfo(entry.path, entry.name, name, depth == 1, st.st_mtime, st.st_size)
+
+
+def iter_mailboxes(mailboxes_dir: Path) -> Iterator[os.DirEntry[str]]:
+    """Yield the account directories (names containing ``@``) as they are read."""
+    for entry in _scandir(str(mailboxes_dir)):
+        if "@" in entry.name and _is_dir(entry):
+            yield entry
+
+
+def _unlink(path: str) -> bool:
+    """Delete a file; False if it was already gone or cannot be deleted (logged)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cannot delete %s: %s", path, exc)
+        return False
+    return True
+
+
+def remove_tree(path: str, *, remove: bool) -> Removed:
+    """Delete a directory tree bottom-up and count its files; only count if not ``remove``.
+
+    Written out rather than ``shutil.rmtree`` so the summary can say how
+    much went, and so that files vanishing underneath are not errors.
+    """
+    removed = Removed()
+    for entry in _scandir(path):
+        if _is_dir(entry):
+            sub = remove_tree(entry.path, remove=remove)
+            removed.files += sub.files
+            removed.bytes += sub.bytes
+            continue
+        st = _stat(entry)
+        if st is None:
+            continue
+        if not remove or _unlink(entry.path):
+            removed.add(st.st_size)
+    if remove:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove directory %s: %s", path, exc)
+    return removed
+
+
+# --- quota trimming ------------------------------------------------------
+
+
+def parse_maildir_name(name: str) -> tuple[int, int] | None:
+    """Return (delivery time, logical size) from a Dovecot maildir file name, or None."""
+    match = _MAILDIR_NAME.match(name)
+    if match is None:
+        return None
+    return int(match["time"]), int(match["size"])
+
+
+def expire_to_target(
+    mailbox: str | Path,
+    target_bytes: int,
+    *,
+    now: float | None = None,
+    remove: bool = True,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    on_remove: Callable[[str, float, int], None] | None = None,
+) -> Removed:
+    """Delete the oldest messages of ``mailbox`` until their sizes sum to at most ``target_bytes``.
+
+    Only files directly in ``cur`` and ``new`` with Dovecot's ``,S=<size>``
+    in their name count, and by that logical size, because that is what the
+    quota counts. Age comes from the delivery time in the name, which
+    copying or flag changes do not alter. Messages younger than a day are
+    never deleted (trimming stops at the first one): a client may not have
+    fetched them yet. ``exclude`` holds paths a dry run has already counted
+    as deleted. Returns the number of messages and their on-disk bytes.
+    """
+    now = time.time() if now is None else now
+    candidates: list[tuple[int, int, str]] = []
+    total = 0
+    for sub in ("cur", "new"):
+        for entry in _scandir(os.path.join(os.fspath(mailbox), sub)):
+            if entry.path in exclude or not _is_file(entry):
+                continue
+            parsed = parse_maildir_name(entry.name)
+            if parsed is None:
+                continue
+            delivered, size = parsed
+            total += size
+            candidates.append((delivered, size, entry.path))
+    removed = Removed()
+    if total <= target_bytes:
+        return removed
+    candidates.sort()
+    youngest_allowed = now - MIN_TRIM_AGE_SECONDS
+    for delivered, size, path in candidates:
+        if total <= target_bytes or delivered > youngest_allowed:
+            break
+        try:
+            disk_size = os.stat(path, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            total -= size  # deleted by someone else meanwhile: it no longer counts
+            continue
+        if remove and not _unlink(path):
+            continue
+        total -= size
+        removed.add(disk_size)
+        if on_remove is not None:
+            on_remove(path, delivered, disk_size)
+    return removed
+
+
+def _forget_quota(mailbox: str) -> None:
+    try:
+        os.unlink(os.path.join(mailbox, QUOTA_FILE))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot delete %s of %s: %s", QUOTA_FILE, mailbox, exc)
+
+
+# --- the daily job -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cutoffs:
+    """Timestamps before which things go, computed once per run."""
+
+    now: float
+    inactive: float
+    mails: float
+    large: float
+    quota_target_bytes: int
+
+    @classmethod
+    def from_config(cls, config: Config, now: float) -> Cutoffs:
+        return cls(
+            now=now,
+            inactive=now - config.delete_inactive_users_after * SECONDS_PER_DAY,
+            mails=now - config.delete_mails_after * SECONDS_PER_DAY,
+            large=now - config.delete_large_after * SECONDS_PER_DAY,
+            quota_target_bytes=int(config.max_mailbox_size_mb * MIB * QUOTA_TRIM_SHARE),
+        )
+
+
+class Expiry:
+    """Applies the retention rules to one account after another."""
+
+    def __init__(self, cutoffs: Cutoffs, *, remove: bool, reporter: Reporter) -> None:
+        self.cutoffs = cutoffs
+        self.remove = remove
+        self.reporter = reporter
+        self.stats = ExpireStats()
+
+    def process_mailbox(self, mailbox: str) -> None:
+        """Apply steps 1-5 of the module docstring to one account directory."""
+        self.stats.accounts_scanned += 1
+        try:
+            last_login: float | None = os.stat(
+                os.path.join(mailbox, PASSWORD_FILE), follow_symlinks=False
+            ).st_mtime
+        except FileNotFoundError:
+            last_login = None
+        except OSError as exc:
+            log.warning("cannot read last login of %s, account kept: %s", mailbox, exc)
+            return
+
+        if last_login is not None and last_login < self.cutoffs.inactive:
+            day = time.strftime("%Y-%m-%d", time.gmtime(last_login))
+            self.reporter.account(mailbox, f"last login {day}")
+            removed = remove_tree(mailbox, remove=self.remove)
+            self.stats.accounts_removed += 1
+            self.stats.account_files_removed += removed.files
+            self.stats.account_bytes_removed += removed.bytes
+            return
+
+        if last_login is None:
+            self._remove_if_empty(mailbox)
+            return
+
+        removed = Removed()
+        condemned: set[str] = set()
+        quota_total = 0
+        for info in iter_mailbox_files(mailbox):
+            self.stats.files_scanned += 1
+            if not info.is_message:
+                continue
+            expired = info.mtime < self.cutoffs.mails or (
+                info.parent == "cur" and info.size > LARGE_MESSAGE_BYTES and info.mtime < self.cutoffs.large
+            )
+            if expired:
+                if self.remove and not _unlink(info.path):
+                    continue
+                removed.add(info.size)
+                self.reporter.file(info.path, info.mtime, info.size)
+                if not self.remove and info.top_level:
+                    condemned.add(info.path)
+            elif info.top_level and info.parent != "tmp":
+                parsed = parse_maildir_name(info.name)
+                if parsed is not None:
+                    quota_total += parsed[1]
+
+        if quota_total > self.cutoffs.quota_target_bytes:
+            trimmed = expire_to_target(
+                mailbox,
+                self.cutoffs.quota_target_bytes,
+                now=self.cutoffs.now,
+                remove=self.remove,
+                exclude=condemned,
+                on_remove=self.reporter.file,
+            )
+            self.stats.quota_files_removed += trimmed.files
+            removed.files += trimmed.files
+            removed.bytes += trimmed.bytes
+
+        self.stats.files_removed += removed.files
+        self.stats.bytes_removed += removed.bytes
+        if removed.files and self.remove:
+            _forget_quota(mailbox)
+
+    def _remove_if_empty(self, mailbox: str) -> None:
+        """A directory without a password is removed only if empty: we cannot tell what else it holds."""
+        if any(True for _ in _scandir(mailbox)):
+            self.stats.nonempty_dirs_skipped += 1
+            self.reporter.note(f"Skipped deleting {mailbox}, doesn't have last_login but isn't empty")
+            return
+        self.reporter.account(mailbox, "empty, no password")
+        if self.remove:
+            try:
+                os.rmdir(mailbox)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                # A file arrived after we looked; keep it.
+                log.warning("cannot remove %s: %s", mailbox, exc)
+                return
+        self.stats.empty_dirs_removed += 1
+
+
+def run_expire(
+    config: Config,
+    *,
+    now: float,
+    remove: bool,
+    reporter: Reporter,
+    maxnum: int | None = None,
+    progress_every: int = DEFAULT_PROGRESS_EVERY,
+) -> ExpireStats:
+    """Walk every account of ``config.mailboxes_dir`` once; return the counts."""
+    expiry = Expiry(Cutoffs.from_config(config, now), remove=remove, reporter=reporter)
+    started = time.monotonic()
+    if not config.mailboxes_dir.is_dir():
+        reporter.progress(f"no mailboxes found at: {config.mailboxes_dir}")
+        return expiry.stats
+    for entry in iter_mailboxes(config.mailboxes_dir):
+        if maxnum is not None and expiry.stats.accounts_scanned >= maxnum:
+            break
+        expiry.process_mailbox(entry.path)
+        scanned = expiry.stats.accounts_scanned
+        if progress_every and scanned % progress_every == 0:
+            s = expiry.stats
+            reporter.progress(
+                f"expire: {scanned} accounts scanned, {s.accounts_removed} inactive, "
+                f"{s.files_removed} files removed, {time.monotonic() - started:.1f}s"
+            )
+    return expiry.stats
+
+
+def format_summary(stats: ExpireStats, *, remove: bool, seconds: float) -> str:
+    """The closing line(s): what went, out of how much, and how long it took."""
+    verb = "Removed" if remove else "Would remove"
+    kept = stats.accounts_scanned - stats.accounts_removed
+    lines = [
+        (
+            f"{verb} {stats.accounts_removed} out of {stats.accounts_scanned} accounts "
+            f"({stats.account_files_removed} files, {stats.account_bytes_removed} bytes) "
+            f"and {stats.files_removed} out of {stats.files_scanned} files "
+            f"({stats.bytes_removed} bytes, {stats.quota_files_removed} of them to meet the quota) "
+            f"in {kept} remaining accounts, in {seconds:.2f} seconds"
+        ),
+    ]
+    if stats.empty_dirs_removed or stats.nonempty_dirs_skipped:
+        lines.append(
+            f"{verb} {stats.empty_dirs_removed} empty directories without a password; "
+            f"skipped {stats.nonempty_dirs_skipped} that were not empty"
+        )
+    if not remove:
+        lines.append("Dry run: nothing was deleted. Run again with --remove to delete.")
+    return "\n".join(lines)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
+    """Entry point of ``chatmail-expire``; ``now`` (Unix time) is for tests."""
+    parser = argparse.ArgumentParser(
+        prog="chatmail-expire",
+        description="Delete old messages, trim mailboxes to 70% of their quota and remove "
+        "accounts that have not logged in for delete_inactive_users_after days, as set in "
+        "chatmail.ini. Without --remove nothing is deleted: the accounts and (with -v) "
+        "files that would go are listed.",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="CONFIG",
+        help=f"path of chatmail.ini (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--remove", action="store_true", help="really delete (default: dry run)")
+    parser.add_argument(
+        "--days",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="pretend that now is N days earlier (to preview a later run's effect, use a smaller "
+        "retention in CONFIG instead)",
+    )
+    parser.add_argument(
+        "--maxnum",
+        type=_non_negative_int,
+        metavar="N",
+        help="stop after N accounts (to try the job on part of a large relay)",
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=_non_negative_int,
+        default=DEFAULT_PROGRESS_EVERY,
+        metavar="N",
+        help=f"print progress to stderr every N accounts, 0 for never (default: {DEFAULT_PROGRESS_EVERY})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="list every file deleted")
+    args = parser.parse_args(argv)
+    setup_logging(False)
+    try:
+        config = read_config(args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+    current = time.time() if now is None else now
+    current -= args.days * SECONDS_PER_DAY
+    reporter = Reporter(verbose=args.verbose, dry_run=not args.remove, out=sys.stdout, err=sys.stderr)
+    started = time.monotonic()
+    stats = run_expire(
+        config,
+        now=current,
+        remove=args.remove,
+        reporter=reporter,
+        maxnum=args.maxnum,
+        progress_every=args.progress_every,
+    )
+    print(format_summary(stats, remove=args.remove, seconds=time.monotonic() - started))
+    return 0
+
+
+# --- the quota-warning hook ----------------------------------------------
+
+
+def quota_main(argv: list[str] | None = None, *, now: float | None = None) -> int:
+    """Entry point of ``chatmail-quota-expire``, run by Dovecot's quota_warning."""
+    parser = argparse.ArgumentParser(
+        prog="chatmail-quota-expire",
+        description="Delete a mailbox's oldest messages (none younger than a day) until the "
+        "messages in cur/ and new/ add up to at most TARGET_MB megabytes. Dovecot runs this "
+        "when a mailbox crosses 75% of its quota, with 70% of the quota as the target.",
+    )
+    parser.add_argument(
+        "target_mb",
+        type=_non_negative_int,
+        metavar="TARGET_MB",
+        help="size in MiB to trim the mailbox to, e.g. 350 for a 500M quota",
+    )
+    parser.add_argument(
+        "mailbox", type=Path, metavar="MAILBOX", help="the account's directory, <mailboxes_dir>/<address>"
+    )
+    args = parser.parse_args(argv)
+    if not args.mailbox.is_dir():
+        print(f"quota-expire: no mailbox directory at {args.mailbox}", file=sys.stderr)
+        return 1
+    removed = expire_to_target(args.mailbox, args.target_mb * MIB, now=now)
+    if removed.files:
+        _forget_quota(os.fspath(args.mailbox))
+        print(
+            f"quota-expire: removed {removed.files} message(s) from {args.mailbox.name}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,487 @@
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chatmaild import expire
+from chatmaild.config import Config
+from chatmaild.expire import (
+    LARGE_MESSAGE_BYTES,
+    MIB,
+    Cutoffs,
+    Expiry,
+    Reporter,
+    expire_to_target,
+    iter_mailbox_files,
+    main,
+    parse_maildir_name,
+    quota_main,
+    remove_tree,
+    run_expire,
+)
+
+DAY = 86400
+NOW = 1_800_000_000.0
+DOMAIN = "chat.example.org"
+
+
+def days_ago(days: float) -> float:
+    return NOW - days * DAY
+
+
+def touch(path: Path, *, age_days: float, size: int = 10) -> Path:
+    """Create ``path`` with ``size`` bytes and an mtime ``age_days`` before NOW."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fp:
+        fp.truncate(size)
+    mtime = days_ago(age_days)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def maildir_name(age_days: float, size: int, n: int = 0) -> str:
+    """A Dovecot-style file name delivered ``age_days`` before NOW."""
+    return f"{int(days_ago(age_days))}.M{n}P1.host,S={size},W={size + 20}:2,S"
+
+
+def make_account(config: Config, name: str = "user1", *, login_age_days: float = 1) -> Path:
+    mailbox = config.mailboxes_dir / f"{name}@{DOMAIN}"
+    touch(mailbox / "password", age_days=login_age_days)
+    return mailbox
+
+
+def quiet_reporter(dry_run: bool = False) -> Reporter:
+    return Reporter(verbose=False, dry_run=dry_run, out=io.StringIO(), err=io.StringIO())
+
+
+def run(config: Config, *, remove: bool = True, now: float = NOW) -> expire.ExpireStats:
+    return run_expire(config, now=now, remove=remove, reporter=quiet_reporter(not remove))
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Config]) -> Config:
+    return make_config(delete_mails_after=20, delete_large_after=7, delete_inactive_users_after=90)
+
+
+def test_messages_older_than_delete_mails_after_go_in_every_maildir_folder(config: Config) -> None:
+    mailbox = make_account(config)
+    old = [
+        touch(mailbox / sub / f"old-{sub.replace('/', '_')}", age_days=21)
+        for sub in ("cur", "new", "tmp", ".DeltaChat/cur", ".DeltaChat/new")
+    ]
+    young = [
+        touch(mailbox / sub / f"young-{sub.replace('/', '_')}", age_days=19)
+        for sub in ("cur", "new", "tmp", ".DeltaChat/cur")
+    ]
+
+    stats = run(config)
+
+    assert [p for p in old if p.exists()] == []
+    assert all(p.exists() for p in young)
+    assert stats.files_removed == len(old)
+    assert stats.bytes_removed == 10 * len(old)
+
+
+def test_large_read_messages_expire_sooner_but_unread_large_ones_stay(config: Config) -> None:
+    mailbox = make_account(config)
+    large = LARGE_MESSAGE_BYTES + 1
+    read_large_old = touch(mailbox / "cur" / "a", age_days=8, size=large)
+    folder_large_old = touch(mailbox / ".DeltaChat" / "cur" / "b", age_days=8, size=large)
+    unread_large_old = touch(mailbox / "new" / "c", age_days=8, size=large)
+    read_large_young = touch(mailbox / "cur" / "d", age_days=6, size=large)
+    read_exactly_limit = touch(mailbox / "cur" / "e", age_days=8, size=LARGE_MESSAGE_BYTES)
+    read_small_old = touch(mailbox / "cur" / "f", age_days=8, size=100)
+
+    run(config)
+
+    assert not read_large_old.exists()
+    assert not folder_large_old.exists()
+    assert unread_large_old.exists()
+    assert read_large_young.exists()
+    assert read_exactly_limit.exists()
+    assert read_small_old.exists()
+
+
+def test_password_metadata_and_dovecot_indexes_are_never_deleted(config: Config) -> None:
+    mailbox = make_account(config, login_age_days=89)
+    kept = [
+        touch(mailbox / name, age_days=400, size=LARGE_MESSAGE_BYTES * 2)
+        for name in (
+            "enforceE2EEincoming",
+            "dovecot.index",
+            "dovecot.index.log",
+            "dovecot-uidlist",
+            "dovecot.list.index",
+            "metadata.json",
+            ".DeltaChat/dovecot.index.cache",
+            ".DeltaChat/dovecot-uidlist",
+        )
+    ]
+    kept.append(mailbox / "password")
+
+    stats = run(config)
+
+    assert [p for p in kept if not p.exists()] == []
+    assert stats.files_removed == 0
+    assert stats.accounts_removed == 0
+
+
+def test_maildirsize_is_deleted_only_when_a_message_went(config: Config) -> None:
+    busy = make_account(config, "busy")
+    touch(busy / "maildirsize", age_days=0)
+    touch(busy / "cur" / "old", age_days=30)
+    idle = make_account(config, "idle")
+    touch(idle / "maildirsize", age_days=0)
+    touch(idle / "cur" / "young", age_days=1)
+
+    run(config)
+
+    assert not (busy / "maildirsize").exists()
+    assert (idle / "maildirsize").exists()
+
+
+def test_dry_run_deletes_nothing_and_reports_what_a_real_run_deletes(config: Config) -> None:
+    make_account(config, "gone", login_age_days=100)
+    touch(config.mailboxes_dir / f"gone@{DOMAIN}" / "cur" / "x", age_days=100, size=123)
+    mailbox = make_account(config, "kept")
+    touch(mailbox / "cur" / "old", age_days=30, size=50)
+    touch(mailbox / "cur" / "young", age_days=1, size=60)
+    touch(mailbox / "maildirsize", age_days=0)
+    before = sorted(str(p) for p in config.mailboxes_dir.rglob("*"))
+
+    dry = run(config, remove=False)
+    after_dry = sorted(str(p) for p in config.mailboxes_dir.rglob("*"))
+    real = run(config, remove=True)
+
+    assert after_dry == before
+    assert dry == real
+    assert real.accounts_removed == 1
+    assert real.account_files_removed == 2
+    assert real.account_bytes_removed == 10 + 123
+    assert real.files_removed == 1
+    assert real.bytes_removed == 50
+
+
+def test_main_is_a_dry_run_without_remove_and_lists_the_accounts_it_would_delete(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = make_account(config, "old", login_age_days=91)
+
+    assert main([str(config.path)], now=NOW) == 0
+
+    out = capsys.readouterr().out
+    assert old.exists()
+    assert f"would remove account {old} (last login" in out
+    assert "Would remove 1 out of 1 accounts" in out
+    assert "--remove" in out
+
+
+def test_inactive_accounts_are_removed_whole_and_recent_ones_keep_their_password(config: Config) -> None:
+    old = [make_account(config, f"old{i:03d}", login_age_days=91 + i % 30) for i in range(150)]
+    for mailbox in old[:10]:
+        touch(mailbox / ".DeltaChat" / "cur" / "msg", age_days=1)
+    recent = [make_account(config, f"new{i}", login_age_days=89) for i in range(5)]
+
+    assert main([str(config.path), "--remove", "--progress-every", "0"], now=NOW) == 0
+
+    assert [p for p in old if p.exists()] == []
+    assert all((p / "password").exists() for p in recent)
+
+
+def test_directory_without_password_is_removed_only_when_empty(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = config.mailboxes_dir / f"empty@{DOMAIN}"
+    empty.mkdir(parents=True)
+    nonempty = config.mailboxes_dir / f"nonempty@{DOMAIN}"
+    touch(nonempty / "cur" / "msg", age_days=300)
+
+    assert main([str(config.path), "--remove"], now=NOW) == 0
+
+    assert not empty.exists()
+    assert (nonempty / "cur" / "msg").exists()
+    assert "doesn't have last_login but isn't empty" in capsys.readouterr().out
+
+
+def test_entries_without_at_sign_are_not_accounts(config: Config) -> None:
+    other = touch(config.mailboxes_dir / "not-an-account" / "cur" / "old", age_days=300)
+
+    stats = run(config)
+
+    assert other.exists()
+    assert stats.accounts_scanned == 0
+
+
+def test_days_option_makes_now_that_many_days_earlier(config: Config) -> None:
+    mailbox = make_account(config)
+    msg = touch(mailbox / "cur" / "msg", age_days=21)
+
+    main([str(config.path), "--remove", "--days", "2"], now=NOW)
+    assert msg.exists()
+    main([str(config.path), "--remove"], now=NOW)
+    assert not msg.exists()
+
+
+def test_maxnum_stops_after_that_many_accounts(config: Config) -> None:
+    for i in range(5):
+        make_account(config, f"u{i}", login_age_days=100)
+
+    reporter = quiet_reporter()
+    stats = run_expire(config, now=NOW, remove=True, reporter=reporter, maxnum=2)
+
+    assert stats.accounts_scanned == 2
+    assert len(list(config.mailboxes_dir.iterdir())) == 3
+
+
+def test_progress_goes_to_stderr_every_n_accounts(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(7):
+        make_account(config, f"u{i}")
+
+    main([str(config.path), "--progress-every", "3"], now=NOW)
+
+    captured = capsys.readouterr()
+    progress = [line for line in captured.err.splitlines() if line.startswith("expire:")]
+    assert progress[0].startswith("expire: 3 accounts scanned")
+    assert progress[1].startswith("expire: 6 accounts scanned")
+    assert len(progress) == 2
+    assert "expire:" not in captured.out
+
+
+def test_missing_mailboxes_dir_is_reported_and_nothing_else_happens(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(config.path), "--remove"], now=NOW) == 0
+
+    err = capsys.readouterr().err
+    assert f"no mailboxes found at: {config.mailboxes_dir}" in err
+    assert not config.mailboxes_dir.exists()
+
+
+def test_a_file_that_vanishes_between_listing_and_stat_is_skipped(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailbox = make_account(config)
+    vanishing = touch(mailbox / "cur" / "vanishing", age_days=30)
+    other = touch(mailbox / "cur" / "other", age_days=30)
+    real_is_file = expire._is_file
+
+    def is_file_then_vanish(entry: os.DirEntry[str]) -> bool:
+        result = real_is_file(entry)
+        if entry.name == "vanishing":
+            os.unlink(entry.path)  # another process deletes it right now
+        return result
+
+    monkeypatch.setattr(expire, "_is_file", is_file_then_vanish)
+    stats = run(config)
+
+    assert not vanishing.exists()
+    assert not other.exists()
+    assert stats.files_removed == 1
+
+
+def test_a_directory_removed_while_walking_ends_the_walk_of_it_quietly(tmp_path: Path) -> None:
+    mailbox = tmp_path / f"user@{DOMAIN}"
+    for name in ("a", "b", "c"):
+        touch(mailbox / "cur" / name, age_days=0)
+    touch(mailbox / "password", age_days=0)
+
+    seen = []
+    for info in iter_mailbox_files(str(mailbox)):
+        seen.append(info.name)
+        if info.parent == "cur":
+            for leftover in (mailbox / "cur").iterdir():
+                leftover.unlink()
+            (mailbox / "cur").rmdir()
+
+    assert len([n for n in seen if n in "abc"]) == 1
+
+
+def test_remove_tree_counts_files_and_bytes_and_tolerates_a_gone_tree(tmp_path: Path) -> None:
+    touch(tmp_path / "acct" / "password", age_days=0, size=5)
+    touch(tmp_path / "acct" / ".X" / "cur" / "m", age_days=0, size=7)
+
+    counted = remove_tree(str(tmp_path / "acct"), remove=False)
+    removed = remove_tree(str(tmp_path / "acct"), remove=True)
+    again = remove_tree(str(tmp_path / "acct"), remove=True)
+
+    assert (counted.files, counted.bytes) == (2, 12)
+    assert (removed.files, removed.bytes) == (2, 12)
+    assert not (tmp_path / "acct").exists()
+    assert (again.files, again.bytes) == (0, 0)
+
+
+def test_summary_line_names_accounts_files_and_bytes(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_account(config, "gone", login_age_days=100)
+    mailbox = make_account(config, "kept")
+    touch(mailbox / "new" / "m", age_days=25, size=40)
+
+    main([str(config.path), "--remove"], now=NOW)
+
+    out = capsys.readouterr().out
+    assert "Removed 1 out of 2 accounts (1 files, 10 bytes)" in out
+    assert "and 1 out of 2 files (40 bytes, 0 of them to meet the quota) in 1 remaining accounts" in out
+
+
+def test_verbose_lists_each_file_with_its_day(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    mailbox = make_account(config)
+    msg = touch(mailbox / "cur" / "m", age_days=30)
+
+    main([str(config.path), "-v", "--remove"], now=NOW)
+
+    assert f"removing Dec 16        10 {msg}" in capsys.readouterr().out
+
+
+def test_invalid_config_is_named_in_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.ini"
+
+    with pytest.raises(SystemExit):
+        main([str(missing)])
+
+    assert str(missing) in capsys.readouterr().err
+
+
+# --- quota trimming ------------------------------------------------------
+
+
+def test_maildir_names_give_delivery_time_and_logical_size() -> None:
+    assert parse_maildir_name("1700000000.M1P2.host,S=1234,W=1260:2,S") == (1700000000, 1234)
+    assert parse_maildir_name("1700000000.M1P2.host,W=1260,S=99:2,") == (1700000000, 99)
+    assert parse_maildir_name("1700000000.M1P2.host:2,S") is None
+    assert parse_maildir_name("dovecot.index") is None
+
+
+def test_expire_to_target_removes_oldest_first_and_spares_messages_younger_than_a_day(
+    tmp_path: Path,
+) -> None:
+    mailbox = tmp_path / "mbox"
+    paths = [
+        touch(mailbox / sub / maildir_name(age, MIB, n), age_days=age, size=MIB)
+        for n, (sub, age) in enumerate((("cur", 10), ("new", 5), ("cur", 0)))
+    ]
+
+    removed = expire_to_target(mailbox, MIB, now=NOW)
+
+    assert removed.files == 2
+    assert removed.bytes == 2 * MIB
+    assert [p.exists() for p in paths] == [False, False, True]
+
+
+def test_expire_to_target_stops_at_the_target(tmp_path: Path) -> None:
+    mailbox = tmp_path / "mbox"
+    paths = [touch(mailbox / "cur" / maildir_name(age, MIB, age), age_days=age) for age in (9, 8, 7, 6)]
+
+    removed = expire_to_target(mailbox, 2 * MIB, now=NOW)
+
+    assert removed.files == 2
+    assert [p.exists() for p in paths] == [False, False, True, True]
+
+
+def test_expire_to_target_ignores_files_without_size_in_their_name(tmp_path: Path) -> None:
+    mailbox = tmp_path / "mbox"
+    unnamed = touch(mailbox / "cur" / f"{int(days_ago(30))}.M1P1.host:2,S", age_days=30, size=5 * MIB)
+    elsewhere = touch(mailbox / ".X" / "cur" / maildir_name(30, 5 * MIB), age_days=30)
+
+    removed = expire_to_target(mailbox, 0, now=NOW)
+
+    assert removed.files == 0
+    assert unnamed.exists()
+    assert elsewhere.exists()
+
+
+def test_daily_run_trims_a_mailbox_to_seventy_percent_of_its_quota(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config(max_mailbox_size="2M")
+    mailbox = make_account(config)
+    touch(mailbox / "maildirsize", age_days=0)
+    paths = [
+        touch(mailbox / "new" / maildir_name(age, MIB, age), age_days=age, size=10) for age in (3, 2, 0.1)
+    ]
+
+    stats = run(config)
+
+    assert [p.exists() for p in paths] == [False, False, True]
+    assert stats.quota_files_removed == 2
+    assert not (mailbox / "maildirsize").exists()
+
+
+def test_dry_run_quota_trim_does_not_count_messages_already_expired(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config(max_mailbox_size="2M")
+    mailbox = make_account(config)
+    for age in (30, 3, 2, 0.1):
+        touch(mailbox / "new" / maildir_name(age, MIB, int(age)), age_days=age)
+
+    dry = run(config, remove=False)
+    real = run(config, remove=True)
+
+    assert dry == real
+    assert real.files_removed == 3
+    assert real.quota_files_removed == 2
+
+
+def test_quota_hook_removes_the_oldest_message_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mailbox = tmp_path / f"user@{DOMAIN}"
+    msg = touch(mailbox / "cur" / maildir_name(2, 2 * MIB), age_days=2, size=100)
+    touch(mailbox / "maildirsize", age_days=0)
+
+    assert quota_main(["1", str(mailbox)], now=NOW) == 0
+
+    assert not msg.exists()
+    assert not (mailbox / "maildirsize").exists()
+    assert f"quota-expire: removed 1 message(s) from user@{DOMAIN}" in capsys.readouterr().err
+
+
+def test_quota_hook_is_silent_when_nothing_needs_removing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mailbox = tmp_path / f"user@{DOMAIN}"
+    msg = touch(mailbox / "cur" / maildir_name(2, MIB), age_days=2)
+    touch(mailbox / "maildirsize", age_days=0)
+
+    assert quota_main(["1", str(mailbox)], now=NOW) == 0
+
+    assert msg.exists()
+    assert (mailbox / "maildirsize").exists()
+    assert capsys.readouterr().err == ""
+
+
+def test_quota_hook_names_a_missing_mailbox_and_a_bad_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert quota_main(["350", str(tmp_path / "nobody")]) == 1
+    assert str(tmp_path / "nobody") in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        quota_main(["lots", str(tmp_path)])
+    assert "'lots' is not a whole number" in capsys.readouterr().err
+
+
+def test_cutoffs_follow_the_config(config: Config) -> None:
+    cutoffs = Cutoffs.from_config(config, NOW)
+
+    assert cutoffs.mails == days_ago(20)
+    assert cutoffs.large == days_ago(7)
+    assert cutoffs.inactive == days_ago(90)
+    assert cutoffs.quota_target_bytes == int(500 * MIB * 0.7)
+
+
+def test_expiry_handles_one_mailbox_at_a_time(config: Config) -> None:
+    mailbox = make_account(config)
+    touch(mailbox / "cur" / "old", age_days=30)
+    expiry = Expiry(Cutoffs.from_config(config, NOW), remove=True, reporter=quiet_reporter())
+
+    expiry.process_mailbox(str(mailbox))
+
+    assert expiry.stats.accounts_scanned == 1
+    assert expiry.stats.files_removed == 1
+    assert expiry.stats.files_scanned == 2

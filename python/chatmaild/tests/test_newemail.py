@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import string
+from collections.abc import Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from chatmaild import newemail
+from chatmaild.config import Config
+from chatmaild.newemail import PASSWORD_ALPHABET, make_app, new_credentials
+
+
+def test_credentials_have_the_configured_lengths_and_alphabets(make_config: Callable[..., Config]) -> None:
+    config = make_config(username_max_length=12, password_min_length=10)
+
+    answer = new_credentials(config)
+
+    user, domain = answer["email"].split("@")
+    assert set(answer) == {"email", "password"}
+    assert domain == "chat.example.org"
+    assert len(user) == 12
+    assert set(user) <= set(string.ascii_lowercase + string.digits)
+    assert len(answer["password"]) == 13
+    assert set(answer["password"]) <= set(PASSWORD_ALPHABET)
+
+
+def test_every_answer_is_new_and_uses_the_whole_alphabet(config: Config) -> None:
+    answers = [new_credentials(config) for _ in range(500)]
+
+    assert len({a["email"] for a in answers}) == 500
+    assert len({a["password"] for a in answers}) == 500
+    used = set("".join(a["email"].split("@")[0] for a in answers))
+    assert used == set(string.ascii_lowercase + string.digits)
+    assert len(set("".join(a["password"] for a in answers))) > 80
+
+
+def test_acme_and_external_certificates_get_no_dclogin_url(make_config: Callable[..., Config]) -> None:
+    acme = make_config()
+    external = make_config(tls_external_cert_and_key="/c.pem /k.pem")
+
+    assert "dclogin_url" not in new_credentials(acme)
+    assert "dclogin_url" not in new_credentials(external)
+
+
+def test_ip_relay_gets_a_bracketed_address_and_a_dclogin_url_with_hosts(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config(mail_domain="192.0.2.7")
+    password = 'a@b+c%d&e f"\\'
+
+    def fixed(alphabet: str, length: int) -> str:
+        return password if alphabet == PASSWORD_ALPHABET else "abcdefghi"
+
+    monkeypatch.setattr(newemail, "random_string", fixed)
+
+    answer = new_credentials(config)
+
+    assert answer["email"] == "abcdefghi@[192.0.2.7]"
+    assert answer["dclogin_url"] == (
+        "dclogin:abcdefghi@[192.0.2.7]?p=a%40b%2Bc%25d%26e%20f%22%5C&v=1&ih=192.0.2.7&sh=192.0.2.7&ic=3"
+    )
+
+
+def test_self_signed_domain_gets_a_dclogin_url_that_round_trips(make_config: Callable[..., Config]) -> None:
+    config = make_config(mail_domain="_test.example.org")
+
+    answer = new_credentials(config)
+    url = urlsplit(answer["dclogin_url"])
+    query = parse_qs(url.query)
+
+    assert url.scheme == "dclogin"
+    assert unquote(url.path) == answer["email"]
+    assert query["p"] == [answer["password"]]
+    assert query["v"] == ["1"] and query["ic"] == ["3"]
+    assert "ih" not in query and "sh" not in query
+
+
+def test_service_answers_post_and_get_on_both_paths_with_json(config: Config) -> None:
+    async def scenario() -> list[tuple[int, str, str, dict[str, str]]]:
+        runner = web.AppRunner(make_app(config))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        results = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for method, path in (("POST", "/new"), ("GET", "/new"), ("POST", "/cgi-bin/newemail.py")):
+                    async with session.request(method, f"http://127.0.0.1:{port}{path}") as resp:
+                        results.append(
+                            (resp.status, resp.content_type, resp.headers["Cache-Control"], await resp.json())
+                        )
+                async with session.put(f"http://127.0.0.1:{port}/new") as resp:
+                    results.append((resp.status, "", "", {}))
+        finally:
+            await runner.cleanup()
+        return results
+
+    results = asyncio.run(scenario())
+
+    for status, content_type, cache, body in results[:3]:
+        assert (status, content_type, cache) == (200, "application/json", "no-store")
+        assert body["email"].endswith("@chat.example.org")
+    assert len({body["email"] for *_, body in results[:3]}) == 3
+    assert results[3][0] == 405
+
+
+def test_json_is_one_line(config: Config) -> None:
+    text = json.dumps(new_credentials(config))
+
+    assert "\n" not in text
+    assert json.loads(text).keys() == {"email", "password"}
+
+
+def test_cli_names_a_bad_listen_address(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        newemail.main([str(config.path), "--listen", "nowhere"])
+
+    assert "invalid listen address 'nowhere'" in capsys.readouterr().err
