@@ -15,6 +15,7 @@
   password_min_length = 9;
   filtermail_smtp_port = 10080;
   filtermail_smtp_port_incoming = 10081;
+  filtermail_http_port_incoming = 10082;
   postfix_reinject_port = 10025;
   postfix_reinject_port_incoming = 10026;
   max_smtp_connections = 1000;

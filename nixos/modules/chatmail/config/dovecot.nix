@@ -6,7 +6,8 @@
 #
 # paths: dovecotBaseDir, dovecotInternalUser/Group, dovecotLogPath (null: syslog/journal),
 # postfixQueue (Postfix's queue directory: the auth and LMTP sockets live in private/),
-# mailboxesDir, tlsCert, tlsKey, authLua, doveauthTokenFile, vmailUser.
+# mailboxesDir, tlsCert, tlsKey, authLua, pushLua, doveauthTokenFile, vmailUser,
+# metadataSocket, lastloginSocket.
 { settings, paths }:
 let
   versions = import ./dovecot-versions.nix;
@@ -98,6 +99,34 @@ in
     process_limit = ${toString settings.max_imap_connections}
   }
 
+  # Delta Chat clients look for these: XCHATMAIL (this is a chatmail relay) and
+  # XDELTAPUSH (setting /private/devicetoken on INBOX gets push notifications).
+  imap_capability {
+    XDELTAPUSH = yes
+    XCHATMAIL = yes
+  }
+  # IMAP METADATA (device tokens, and what the relay offers: TURN, iroh, limits) is kept
+  # by chatmaild's metadata service; imap and lmtp both reach it.
+  mail_attribute {
+    dict proxy {
+      socket_path = ${paths.metadataSocket}
+      name = metadata
+    }
+  }
+  protocol imap {
+    imap_metadata = yes
+    # The day of the last IMAP login, which decides when an unused account is removed.
+    mail_plugins {
+      last_login = yes
+    }
+  }
+  last_login {
+    dict proxy {
+      socket_path = ${paths.lastloginSocket}
+      name = lastlogin
+    }
+  }
+
   lmtp_add_received_header = no
   service lmtp {
     user = ${vmail}
@@ -107,7 +136,18 @@ in
       group = postfix
     }
   }
+  # Every delivery sets /private/messagenew through push.lua; the metadata service turns
+  # that into push notifications.
+  push_notification lua {
+    lua_file = ${paths.pushLua}
+  }
   protocol lmtp {
+    mail_plugins {
+      mail_lua = yes
+      notify = yes
+      push_notification = yes
+      push_notification_lua = yes
+    }
     # Postfix limits delivery concurrency already; this keeps LMTP (running as the mail
     # user) from asking anvil, whose socket only Dovecot's internal user may use.
     lmtp_user_concurrency_limit = unlimited

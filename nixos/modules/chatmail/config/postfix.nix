@@ -15,6 +15,9 @@ let
   map' = name: "regexp:${paths.postfixMaps}/${name}";
   opts = attrs: builtins.concatLists (map (k: [ "-o" "${k}=${toString attrs.${k}}" ]) (builtins.attrNames attrs));
   loopback = port: "127.0.0.1:${toString port}";
+  # OpenDKIM's milter, or null where nothing is signed (paths.dkimSocket = null).
+  milter = if paths.dkimSocket or null == null then null else (import ./opendkim.nix { inherit settings paths; }).milter;
+  withMilter = attrs: if milter == null then attrs else attrs // { smtpd_milters = milter; };
 
   # Authenticated clients: SASL through Dovecot, TLS 1.3 only, MAIL FROM must be the
   # login name, and every message passes the outgoing filter before it is queued.
@@ -88,6 +91,15 @@ in
     lmtp_header_checks = map' "lmtp_header_cleanup";
     # Header checks see top-level headers only, never MIME part headers or body text.
     disable_mime_input_processing = true;
+
+    # Bounces Postfix writes itself are DKIM-signed too, so that other chatmail relays
+    # (which refuse unsigned mail) accept them. Mail from users is signed on the
+    # reinjection listener below.
+    non_smtpd_milters = if milter == null then null else [ milter ];
+    internal_mail_filter_classes = if milter == null then null else "bounce";
+    milter_macro_daemon_name = if milter == null then null else "ORIGINATING";
+    # If OpenDKIM is down, mail waits rather than leave unsigned (relays would refuse it).
+    milter_default_action = if milter == null then null else "tempfail";
   };
 
   master = {
@@ -124,13 +136,13 @@ in
       private = false;
       command = "smtpd";
       maxproc = 100;
-      args = opts {
+      args = opts (withMilter {
         syslog_name = "postfix/reinject";
         smtpd_tls_security_level = "none";
         milter_macro_daemon_name = "ORIGINATING";
         cleanup_service_name = "authclean";
         smtpd_relay_restrictions = "permit_mynetworks,reject";
-      };
+      });
     };
     # Mail that passed filtermail incoming comes back here.
     reinject_incoming = {
