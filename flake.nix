@@ -122,6 +122,12 @@
         // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
           # VM tests need KVM: nix build .#checks.x86_64-linux.federation -L
           federation = pkgs.testers.runNixOSTest (import ./tests/vm/federation.nix { inherit self; });
+          features = pkgs.testers.runNixOSTest (import ./tests/vm/features.nix { inherit self; });
+          # Evaluation only: the Raspberry Pi image's derivation can be instantiated (building
+          # it needs an aarch64 builder).
+          sd-image-eval = pkgs.writeText "sd-image-drv" (
+            builtins.unsafeDiscardStringContext self.nixosConfigurations.example-rpi.config.system.build.sdImage.drvPath
+          );
         }
       );
 

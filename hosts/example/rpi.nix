@@ -22,11 +22,10 @@
   services.chatmail = {
     enable = true;
     domain = "chat.example.net";
-    # Copy the certificate and key onto the card's root partition, or obtain them with
-    # security.acme once the Pi is reachable under the domain.
-    tls = {
-      certificateFile = "/var/lib/chatmail-tls/fullchain.pem";
-      keyFile = "/var/lib/chatmail-tls/key.pem";
+    # The Pi needs ports 80 and 443 forwarded to it for the certificate.
+    tls.acme = {
+      acceptTerms = true;
+      email = "postmaster@example.net";
     };
   };
 }

@@ -1,6 +1,5 @@
 # An example VPS running a chatmail relay for chat.example.org. Copy it, then change the
-# domain, the disk layout and the SSH key. The certificate comes from elsewhere for now
-# (e.g. security.acme); the relay only needs the two file paths.
+# domain, the ACME address, the disk layout and the SSH key.
 { modulesPath, ... }:
 {
   imports = [ (modulesPath + "/profiles/qemu-guest.nix") ];
@@ -28,9 +27,11 @@
   services.chatmail = {
     enable = true;
     domain = "chat.example.org";
-    tls = {
-      certificateFile = "/var/lib/acme/chat.example.org/fullchain.pem";
-      keyFile = "/var/lib/acme/chat.example.org/key.pem";
+    # Let's Encrypt through nginx on port 80; chat.example.org, www.chat.example.org and
+    # mta-sts.chat.example.org must point at this host.
+    tls.acme = {
+      acceptTerms = true;
+      email = "postmaster@example.org";
     };
     settings = {
       # Keep mail for a week instead of the default.

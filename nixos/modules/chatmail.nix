@@ -96,18 +96,68 @@ in
           max_imap_connections = mkIniOption "max_imap_connections" types.ints.positive "Most simultaneous IMAP processes.";
           disable_ipv6 = mkIniOption "disable_ipv6" types.bool "Listen and send on IPv4 only.";
           doveauth_listen = mkIniOption "doveauth_listen" types.str "Loopback `host:port` where doveauth answers Dovecot's Lua passdb.";
+          delete_large_after = mkIniOption "delete_large_after" types.ints.positive "Days after which large messages are deleted from mailboxes.";
+          delete_inactive_users_after = mkIniOption "delete_inactive_users_after" types.ints.positive "Days without an IMAP login after which an account and its mail are removed.";
+          notification_url = mkIniOption "notification_url" types.str "Push proxy that device tokens are sent to when new mail arrives (the relay never learns which phone a token belongs to).";
+          newemail_listen = mkIniOption "newemail_listen" types.str "Loopback `host:port` of the `/new` account-suggestion service behind nginx.";
+          filtermail_http_port_incoming = mkOption {
+            type = types.port;
+            default = defaults.filtermail_http_port_incoming;
+            description = "Loopback port where the incoming filter takes relay-to-relay deliveries over HTTP (nginx proxies `/mxdeliv` to it).";
+          };
+          turn_port = mkIniOption "turn_port" types.port "UDP/TCP port of the TURN server for calls.";
+          iroh_relay = mkOption {
+            type = types.nullOr types.str;
+            default = cfg.iroh.relayUrl;
+            defaultText = literalExpression "config.services.chatmail.iroh.relayUrl";
+            description = "Set through {option}`services.chatmail.iroh.relayUrl`.";
+          };
         };
       };
     };
 
     tls = {
+      mode = mkOption {
+        type = types.enum [
+          "acme"
+          "external"
+          "self-signed"
+        ];
+        default = if cfg.tls.certificateFile != null then "external" else "acme";
+        defaultText = literalExpression ''if config.services.chatmail.tls.certificateFile != null then "external" else "acme"'';
+        description = ''
+          Where the relay's certificate comes from:
+          - `acme`: Let's Encrypt (or {option}`security.acme.defaults.server`) through
+            `security.acme`, answering the HTTP-01 challenge with nginx on port 80. Covers
+            `<domain>`, `www.<domain>` and `mta-sts.<domain>`, whose DNS records must point here.
+          - `external`: {option}`services.chatmail.tls.certificateFile` and `keyFile`, managed
+            elsewhere.
+          - `self-signed`: made on first start under /var/lib/chatmail-tls. Other relays accept
+            it only if the domain starts with `_` or is an IP literal; for tests and IP-only
+            relays.
+        '';
+      };
+      acme = {
+        acceptTerms = mkOption {
+          type = types.bool;
+          default = false;
+          description = "Accept the ACME CA's terms of service (sets {option}`security.acme.acceptTerms`). Required with `tls.mode = \"acme\"`.";
+        };
+        email = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "postmaster@example.org";
+          description = "Contact address for the ACME account (expiry warnings). Required with `tls.mode = \"acme\"` unless {option}`security.acme.defaults.email` is set.";
+        };
+      };
       certificateFile = mkOption {
         type = types.nullOr types.str;
         default = null;
         example = "/var/lib/acme/chat.example.org/fullchain.pem";
         description = ''
-          PEM certificate chain for the relay's domain, used by Postfix and Dovecot. Must
-          be trusted by other relays: they verify it before they deliver.
+          With `tls.mode = "external"`: PEM certificate chain for the relay's domain, used by
+          Postfix, Dovecot and nginx. Must be trusted by other relays: they verify it before
+          they deliver.
         '';
       };
       keyFile = mkOption {
@@ -115,16 +165,105 @@ in
         default = null;
         example = "/var/lib/acme/chat.example.org/key.pem";
         description = ''
-          PEM private key of {option}`services.chatmail.tls.certificateFile`. Give a path
-          outside the Nix store: the store is world-readable.
+          With `tls.mode = "external"`: PEM private key of
+          {option}`services.chatmail.tls.certificateFile`. Give a path outside the Nix store
+          (the store is world-readable), readable by root and by the nginx group.
         '';
+      };
+    };
+
+    dkim = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Sign outgoing mail with DKIM through OpenDKIM (other relays reject unsigned mail).";
+      };
+      selector = mkOption {
+        type = types.strMatching "[A-Za-z0-9][A-Za-z0-9-]*";
+        default = "opendkim";
+        description = ''
+          DKIM selector: the key is published as `<selector>._domainkey.<domain>` TXT. To rotate,
+          create and publish a key under a new selector, then switch this option.
+        '';
+      };
+      keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/dkim.private";
+        description = ''
+          The DKIM private key (PEM), e.g. from sops-nix or agenix; it must be readable by the
+          `opendkim` user. `null`: a 2048-bit key is generated on first start as
+          /var/lib/opendkim/keys/<selector>.private, with the DNS record beside it in
+          <selector>.txt.
+        '';
+      };
+    };
+
+    nginx.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Serve HTTPS with nginx: port 443 shared by ALPN with IMAP and SMTP, autoconfig, the
+        MTA-STS policy, `/new` (account invites), `/mxdeliv` (relay-to-relay delivery) and
+        port 80 (redirects and ACME challenges). Needed for `tls.mode = "acme"`. Your own
+        virtual hosts keep working: HTTPS vhosts listen on
+        {option}`services.nginx.defaultSSLListenPort` (8443) behind the port-443 split.
+      '';
+    };
+
+    unbound.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Run unbound as the host's DNSSEC-validating resolver, resolving from the root servers (no forwarding to third parties).";
+    };
+
+    turn = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Run coturn for calls; clients get short-lived credentials from the relay's secret.";
+      };
+      secretFile = mkOption {
+        type = types.str;
+        default = "/var/lib/chatmail-turn/secret";
+        description = "The TURN REST secret shared by coturn and chatmail-metadata; generated on first start if absent. Keep it outside the Nix store.";
+      };
+    };
+
+    iroh.relayUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://iroh.example.org/";
+      description = ''
+        An iroh relay that Delta Chat clients are told to use for realtime channels (written
+        to chatmail.ini as `iroh_relay`). This module runs no iroh relay itself: nixpkgs'
+        iroh-relay speaks a newer protocol than current Delta Chat cores.
+      '';
+    };
+
+    newAccounts = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Create an account on the first login of a new address. `false` is the kill switch: /etc/chatmail-nocreate exists and only existing accounts can log in.";
+    };
+
+    journald = {
+      volatile = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Keep the system journal in memory only, so logs (with addresses) never reach the disk.";
+      };
+      maxRetention = mkOption {
+        type = types.nullOr types.str;
+        default = "3d";
+        description = "journald `MaxRetentionSec`: how long log entries are kept. `null` leaves journald's default.";
       };
     };
 
     openFirewall = mkOption {
       type = types.bool;
       default = true;
-      description = "Open the SMTP (25, 465, 587) and IMAP (143, 993) ports in the firewall.";
+      description = "Open the ports of the enabled parts in the firewall: SMTP (25, 465, 587), IMAP (143, 993), HTTP(S) (80, 443) with nginx, TURN (its port, and the relay range over UDP).";
     };
   };
 
@@ -140,5 +279,12 @@ in
     ./chatmail/dovecot.nix
     ./chatmail/daemons.nix
     ./chatmail/firewall.nix
+    ./chatmail/tls.nix
+    ./chatmail/opendkim.nix
+    ./chatmail/nginx.nix
+    ./chatmail/unbound.nix
+    ./chatmail/turn.nix
+    ./chatmail/privacy.nix
+    ./chatmail/ordering.nix
   ];
 }

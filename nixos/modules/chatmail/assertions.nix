@@ -3,6 +3,7 @@
   config,
   lib,
   options,
+  pkgs,
   ...
 }:
 let
@@ -20,11 +21,49 @@ in
         '';
       }
       {
-        assertion = cfg.tls.certificateFile != null && cfg.tls.keyFile != null;
+        assertion = cfg.tls.mode != "external" || (cfg.tls.certificateFile != null && cfg.tls.keyFile != null);
         message = ''
-          services.chatmail.tls.certificateFile and services.chatmail.tls.keyFile must both be
-          set: Postfix and Dovecot refuse to run a relay without TLS. Point them at the
-          certificate chain and key of services.chatmail.domain, e.g. from security.acme.
+          services.chatmail.tls.mode is "external", but services.chatmail.tls.certificateFile
+          and services.chatmail.tls.keyFile are not both set: point them at the certificate
+          chain and key of services.chatmail.domain, or set services.chatmail.tls.mode = "acme".
+        '';
+      }
+      {
+        assertion = cfg.tls.mode != "acme" || cfg.nginx.enable;
+        message = ''
+          services.chatmail.tls.mode = "acme" answers the HTTP-01 challenge with nginx, but
+          services.chatmail.nginx.enable is false: enable nginx, or use tls.mode = "external".
+        '';
+      }
+      {
+        assertion = cfg.tls.mode != "acme" || cfg.tls.acme.acceptTerms || config.security.acme.acceptTerms;
+        message = ''
+          services.chatmail.tls.mode = "acme" needs the CA's terms of service accepted: set
+            services.chatmail.tls.acme.acceptTerms = true;
+          (or use tls.mode = "external" with your own certificate).
+        '';
+      }
+      {
+        assertion =
+          cfg.tls.mode != "acme" || cfg.tls.acme.email != null || config.security.acme.defaults.email != null;
+        message = ''
+          services.chatmail.tls.mode = "acme" needs a contact address for the ACME account: set
+            services.chatmail.tls.acme.email = "postmaster@example.org";
+        '';
+      }
+      {
+        assertion = cfg.iroh.relayUrl == null || lib.hasPrefix "https://" cfg.iroh.relayUrl;
+        message = "services.chatmail.iroh.relayUrl must be an https:// URL (got ${toString cfg.iroh.relayUrl}).";
+      }
+      {
+        # See opendkim.nix: nixpkgs 26.05 no longer flags opendkim; older or patched ones may.
+        assertion = !cfg.dkim.enable || (pkgs.opendkim.meta.knownVulnerabilities or [ ]) == [ ];
+        message = ''
+          This nixpkgs marks ${pkgs.opendkim.name or "opendkim"} as insecure. The chatmail relay
+          only signs with it (the flagged CVEs concern verification and the test suite), so
+          permit it where you instantiate nixpkgs:
+            nixpkgs.config.permittedInsecurePackages = [ "${pkgs.opendkim.name or "opendkim"}" ];
+          or set services.chatmail.dkim.enable = false (other relays then reject your mail).
         '';
       }
       {

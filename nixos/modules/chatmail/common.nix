@@ -21,9 +21,28 @@ rec {
     postfixMaps = "/etc/chatmail/postfix";
     # services.postfix sets queue_directory to this; its private/ holds Dovecot's sockets.
     postfixQueue = "/var/lib/postfix/queue";
-    tlsCert = cfg.tls.certificateFile;
-    tlsKey = cfg.tls.keyFile;
+    tlsMode = cfg.tls.mode;
+    tlsCert = tls.cert;
+    tlsKey = tls.key;
     authLua = "${./config/auth.lua}";
+    pushLua = "${./config/push.lua}";
+    metadataSocket = "/run/chatmail-metadata/metadata.socket";
+    lastloginSocket = "/run/chatmail-lastlogin/lastlogin.socket";
+    turnSecretFile = if cfg.turn.enable then cfg.turn.secretFile else null;
+    # OpenDKIM: services.opendkim generates <keyPath>/<selector>.private when it is missing.
+    dkimSelector = cfg.dkim.selector;
+    dkimKeyFile =
+      if cfg.dkim.keyFile != null then
+        cfg.dkim.keyFile
+      else
+        "${config.services.opendkim.keyPath}/${cfg.dkim.selector}.private";
+    dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
+    dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
+    # null: nothing is signed, and Postfix gets no milter (./config/postfix.nix).
+    dkimSocket = if cfg.dkim.enable then "local:/run/opendkim/opendkim.sock" else null;
+    # The HTTPS site, behind the port-443 multiplexer.
+    httpsPort = config.services.nginx.defaultSSLListenPort;
+    wwwFiles = "${wwwFiles}";
     mailboxesDir = if settings.mailboxes_dir or null != null then settings.mailboxes_dir else "/home/vmail/mail/${cfg.domain}";
     vmailUser = "vmail";
     # services.dovecot2's unit has RuntimeDirectory = dovecot2 and creates these users.
@@ -34,6 +53,46 @@ rec {
     dovecotLogPath = null;
     doveauthTokenFile = "/run/doveauth/token";
   };
+
+  # Certificate and key for each TLS mode, and the unit that provides them (null: none).
+  tls =
+    {
+      acme = {
+        cert = "/var/lib/acme/${cfg.domain}/fullchain.pem";
+        key = "/var/lib/acme/${cfg.domain}/key.pem";
+        unit = "acme-${cfg.domain}.service";
+      };
+      external = {
+        cert = cfg.tls.certificateFile;
+        key = cfg.tls.keyFile;
+        unit = null;
+      };
+      self-signed = {
+        cert = "/var/lib/chatmail-tls/cert.pem";
+        key = "/var/lib/chatmail-tls/key.pem";
+        unit = "chatmail-tls-selfsigned.service";
+      };
+    }
+    .${cfg.tls.mode};
+  tlsUnits = lib.optional (tls.unit != null) tls.unit;
+
+  units = import ./config/units.nix {
+    inherit settings paths;
+    exe = lib.getExe' cfg.package;
+  };
+
+  opendkim = import ./config/opendkim.nix { inherit settings paths; };
+
+  nginx = import ./config/nginx.nix { inherit settings paths; };
+  # The static files nginx serves (autoconfig, MTA-STS policy, robots.txt).
+  wwwFiles = pkgs.linkFarm "chatmail-www" (
+    lib.mapAttrsToList (name: text: {
+      inherit name;
+      path = pkgs.writeText name text;
+    }) nginx.files
+  );
+
+  unbound = import ./config/unbound.nix { inherit settings; };
 
   chatmailIni = pkgs.writeText "chatmail.ini" (import ./config/chatmail-ini.nix { inherit settings; });
 

@@ -1,9 +1,15 @@
-# The chatmaild daemons, each a sandboxed systemd service running as vmail:
-#   doveauth             accounts: answers Dovecot's Lua passdb/userdb, creates an account
-#                        on the first login (writes under mailboxes_dir)
-#   filtermail           outgoing filter: before-queue proxy of submission; only OpenPGP
-#                        encrypted mail may leave
-#   filtermail-incoming  incoming filter: before-queue proxy of port 25
+# The chatmaild daemons, one sandboxed systemd unit each, from ./config/units.nix (which the
+# lab renders into unit files for `systemd-analyze security`):
+#   doveauth             accounts: answers Dovecot's Lua passdb/userdb, creates an account on
+#                        the first login
+#   filtermail           outgoing filter: only OpenPGP-encrypted mail may leave
+#   filtermail-incoming  incoming filter (port 25 and /mxdeliv)
+#   chatmail-metadata    IMAP METADATA dict for Dovecot; device tokens and push notifications
+#   chatmail-lastlogin   records the day of each IMAP login (Dovecot dict)
+#   chatmail-newemail    /new: suggests an address and password to new users
+#   chatmail-expire      daily: removes old mail and unused accounts
+#   chatmail-fsreport    daily: storage and login statistics in the journal
+# chatmail-quota-expire has no unit: Dovecot runs it when a mailbox is over quota.
 {
   config,
   lib,
@@ -12,88 +18,39 @@
 }:
 let
   common = import ./common.nix { inherit config lib pkgs; };
-  inherit (common) cfg paths chatmailIni;
+  inherit (common) cfg chatmailIni units;
 
-  # What every daemon gets: no privileges, a read-only system, network only to loopback
-  # services and DNS. Each unit below adds its exceptions, with the reason.
-  hardening = {
-    User = paths.vmailUser;
-    Group = paths.vmailUser;
-    UMask = "0077";
-    Restart = "always";
-    RestartSec = "5s";
+  resolver = lib.optional cfg.unbound.enable "unbound.service";
 
-    CapabilityBoundingSet = [ "" ];
-    NoNewPrivileges = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    PrivateTmp = true;
-    PrivateDevices = true;
-    PrivateUsers = true;
-    ProtectClock = true;
-    ProtectControlGroups = true;
-    ProtectHostname = true;
-    ProtectKernelLogs = true;
-    ProtectKernelModules = true;
-    ProtectKernelTunables = true;
-    ProtectProc = "invisible";
-    ProcSubset = "pid";
-    RestrictAddressFamilies = [
-      "AF_INET"
-      "AF_INET6"
-      "AF_UNIX"
-    ];
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    MemoryDenyWriteExecute = true;
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [
-      "@system-service"
-      "~@privileged @resources"
-    ];
-  };
+  # Daily jobs are started by their timer; everything else runs all the time.
+  isTimed = unit: unit ? timerConfig;
 
-  daemon = description: exe: args: extra: {
-    inherit description;
-    wantedBy = [ "multi-user.target" ];
-    after = [ "network.target" ];
-    restartTriggers = [ chatmailIni ];
-    serviceConfig = hardening // extra // {
-      ExecStart = lib.escapeShellArgs ([ (lib.getExe' cfg.package exe) ] ++ args);
+  service =
+    name: unit:
+    {
+      inherit (unit) description serviceConfig;
+      # They resolve MX, TLS policy and DKIM records through the local resolver.
+      after = [ "network.target" ] ++ resolver;
+      wants = resolver;
+      # Every daemon reads chatmail.ini at start only.
+      restartTriggers = [ chatmailIni ];
+    }
+    // lib.optionalAttrs (!isTimed unit) { wantedBy = [ "multi-user.target" ]; }
+    // lib.optionalAttrs (name == "doveauth" || name == "chatmail-metadata" || name == "chatmail-lastlogin") {
+      # Dovecot's passdb and dicts connect to these as soon as it serves a client.
+      before = [ "dovecot.service" ];
     };
-  };
 
-  filtermail =
-    direction:
-    daemon "chatmail ${direction} filter" "filtermail" [ paths.chatmailIni direction ] { };
+  timer = _name: unit: {
+    inherit (unit) description timerConfig;
+    wantedBy = [ "timers.target" ];
+  };
 in
 {
   config = lib.mkIf cfg.enable {
     environment.etc."chatmail/chatmail.ini".source = chatmailIni;
 
-    systemd.services.doveauth =
-      daemon "chatmail account service for Dovecot" "doveauth"
-        [
-          "--token-file"
-          paths.doveauthTokenFile
-          paths.chatmailIni
-        ]
-        {
-          # The token file lives here: readable by vmail only, which is also the user of
-          # Dovecot's auth workers.
-          RuntimeDirectory = "doveauth";
-          RuntimeDirectoryMode = "0700";
-          # Accounts are directories under mailboxes_dir; the rest of /home stays hidden.
-          ProtectHome = "tmpfs";
-          BindPaths = [ paths.mailboxesDir ];
-        }
-      // {
-        before = [ "dovecot.service" ];
-      };
-
-    systemd.services.filtermail = filtermail "outgoing";
-    systemd.services.filtermail-incoming = filtermail "incoming";
+    systemd.services = lib.mapAttrs service units;
+    systemd.timers = lib.mapAttrs timer (lib.filterAttrs (_: isTimed) units);
   };
 }

@@ -1,5 +1,6 @@
 # Dovecot 2.4: the whole dovecot.conf comes from ./config/dovecot.nix, so NixOS and the lab
-# run the same text. Accounts are looked up by a Lua passdb/userdb that asks doveauth.
+# run the same text. Accounts are looked up by a Lua passdb/userdb that asks doveauth; IMAP
+# METADATA and last-login go to the chatmail-metadata and chatmail-lastlogin dict sockets.
 {
   config,
   lib,
@@ -25,17 +26,6 @@ in
       };
     };
 
-    systemd.services.dovecot = {
-      # Its sockets go into Postfix's private/ directory, which postfix-setup creates; the
-      # Lua passdb needs doveauth.
-      wants = [
-        "postfix-setup.service"
-        "doveauth.service"
-      ];
-      after = [
-        "postfix-setup.service"
-        "doveauth.service"
-      ];
-    };
+    # Ordering: ordering.nix.
   };
 }

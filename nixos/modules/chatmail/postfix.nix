@@ -25,18 +25,8 @@ in
       name: file: lib.nameValuePair "chatmail/postfix/${name}" { source = file; }
     ) postfixMapFiles;
 
+    # Ordering: ordering.nix.
     systemd.services.postfix = {
-      # Dovecot's auth and LMTP sockets, and the filters Postfix proxies to, come first.
-      wants = [
-        "dovecot.service"
-        "filtermail.service"
-        "filtermail-incoming.service"
-      ];
-      after = [
-        "dovecot.service"
-        "filtermail.service"
-        "filtermail-incoming.service"
-      ];
       reloadTriggers = lib.attrValues postfixMapFiles;
     };
   };

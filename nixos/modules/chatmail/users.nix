@@ -23,6 +23,11 @@ in
     users.groups.${paths.vmailUser} = { };
 
     # <mailboxes_dir>/<address>/ holds each account: its password file and its maildir.
-    systemd.tmpfiles.rules = [ "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -" ];
+    # /etc/chatmail-nocreate is the kill switch for new accounts: doveauth creates none while
+    # it exists (services.chatmail.newAccounts = false); switching back removes it.
+    systemd.tmpfiles.rules = [
+      "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
+      (if cfg.newAccounts then "r /etc/chatmail-nocreate" else "f /etc/chatmail-nocreate 0644 root root - -")
+    ];
   };
 }

@@ -1,0 +1,131 @@
+# nginx for a chatmail relay, as data (builtins only).
+#
+#   settings  chatmail.ini keys (mail_domain, max_message_size, disable_ipv6, newemail_listen,
+#             filtermail_http_port_incoming)
+#   paths     httpsPort (where the HTTPS site listens on loopback behind the port-443
+#             multiplexer), wwwFiles (a directory holding `files` below), tlsMode
+#             ("acme", "external" or "self-signed")
+#
+# Result:
+#   streamConfig  the `stream { }` body: port 443 split by the client's ALPN list without
+#                 terminating TLS: "smtp" -> submissions (465), "imap" -> IMAPS (993),
+#                 anything else -> the HTTPS site
+#   files         name -> text of the static files (autoconfig, MTA-STS policy, robots.txt)
+#   serverAliases the other names the site answers to
+#   locations     services.nginx.virtualHosts.<domain>.locations
+{ settings, paths }:
+let
+  domain = settings.mail_domain;
+  ipv6 = !settings.disable_ipv6;
+  selfSigned = paths.tlsMode == "self-signed";
+  httpsUpstream = "127.0.0.1:${toString paths.httpsPort}";
+
+  # Mozilla autoconfig v1.1: the same host for every service, implicit TLS first, port 443
+  # last (for networks that allow nothing else).
+  server = type: port: socketType: ''
+        <${type}Server type="${if type == "incoming" then "imap" else "smtp"}">
+          <hostname>${domain}</hostname>
+          <port>${toString port}</port>
+          <socketType>${socketType}</socketType>
+          <authentication>password-cleartext</authentication>
+          <username>%EMAILADDRESS%</username>
+        </${type}Server>
+  '';
+  autoconfig = ''
+    <?xml version="1.0" encoding="UTF-8"?>
+    <clientConfig version="1.1">
+      <emailProvider id="${domain}">
+        <domain>${domain}</domain>
+        <displayName>${domain} chatmail</displayName>
+        <displayShortName>${domain}</displayShortName>
+    ${server "incoming" 993 "SSL"}${server "incoming" 143 "STARTTLS"}${server "incoming" 443 "SSL"}${server "outgoing" 465 "SSL"}${server "outgoing" 587 "STARTTLS"}${server "outgoing" 443 "SSL"}  </emailProvider>
+    </clientConfig>
+  '';
+
+  # Other relays fetch this from https://mta-sts.<domain>/ before they deliver (28 days).
+  mtaSts = ''
+    version: STSv1
+    mode: enforce
+    mx: ${domain}
+    max_age: 2419200
+  '';
+
+  file = name: type: {
+    alias = "${paths.wwwFiles}/${name}";
+    extraConfig = ''
+      default_type ${type};
+    '';
+  };
+
+  # The whole message travels in the request body; leave room for the envelope.
+  bodyLimit = toString (settings.max_message_size + 1048576);
+
+  newAccount = {
+    proxyPass = "http://${settings.newemail_listen}";
+    # Browsers that open the invite link hand it over to the app, which then POSTs. With a
+    # self-signed certificate the web page itself fetches the JSON with GET.
+    extraConfig =
+      (
+        if selfSigned then
+          ""
+        else
+          ''
+            if ($request_method = GET) {
+              return 301 dcaccount:https://${domain}/new;
+            }
+          ''
+      )
+      + ''
+        limit_except GET POST { deny all; }
+      '';
+  };
+in
+{
+  streamConfig = ''
+    map $ssl_preread_alpn_protocols $chatmail_alpn_upstream {
+      ~\bsmtp\b 127.0.0.1:465;
+      ~\bimap\b 127.0.0.1:993;
+      default ${httpsUpstream};
+    }
+    server {
+      listen 443;
+      ${if ipv6 then "listen [::]:443;" else ""}
+      ssl_preread on;
+      proxy_pass $chatmail_alpn_upstream;
+    }
+  '';
+
+  files = {
+    "config-v1.1.xml" = autoconfig;
+    "mta-sts.txt" = mtaSts;
+    "robots.txt" = ''
+      User-agent: *
+      Disallow: /
+    '';
+  };
+
+  serverAliases = [ "www.${domain}" ] ++ (if selfSigned then [ ] else [ "mta-sts.${domain}" ]);
+
+  locations =
+    {
+      "= /.well-known/autoconfig/mail/config-v1.1.xml" = file "config-v1.1.xml" "application/xml";
+      "= /robots.txt" = file "robots.txt" "text/plain";
+      "= /new" = newAccount;
+      # Printed invite codes still carry the old CGI path.
+      "= /cgi-bin/newemail.py" = newAccount;
+      # Relay-to-relay delivery over HTTPS, to the incoming filter.
+      "= /mxdeliv" = {
+        proxyPass = "http://127.0.0.1:${toString settings.filtermail_http_port_incoming}";
+        extraConfig = ''
+          client_max_body_size ${bodyLimit};
+          proxy_request_buffering off;
+        '';
+      };
+    }
+    // (
+      if selfSigned then
+        { }
+      else
+        { "= /.well-known/mta-sts.txt" = file "mta-sts.txt" "text/plain"; }
+    );
+}
