@@ -20,8 +20,10 @@ Needs root and these Debian packages: debootstrap nix-bin iproute2 openssl.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -200,14 +202,32 @@ def make_ca() -> Path:
     return ca
 
 
+def make_dkim_keys(ca: Path) -> dict[str, str]:
+    """One DKIM key per relay (beside the CA); returns each relay's TXT record value."""
+    records = {}
+    for relay in RELAYS:
+        key = ca / f"{relay.domain}.dkim.key"
+        run(["openssl", "genrsa", "-out", str(key), "2048"], capture=True)
+        der = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        records[relay.domain] = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+    return records
+
+
+def txt(value: str) -> str:
+    """A TXT record's data as quoted strings of at most 255 characters (RFC 1035)."""
+    return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+
+
 # ---------------------------------------------------------------- services
 
 
-def start_dns() -> None:
+def start_dns(dkim: dict[str, str]) -> None:
     root = merged(DNS)
     records = []
     for r in RELAYS:
-        records += [f'local-data: "{r.domain}. A {r.ip}"', f'local-data: "{r.domain}. MX 10 {r.domain}."']
+        records += [f'local-data: "{r.domain}. A {r.ip}"', f'local-data: "{r.domain}. MX 10 {r.domain}."',
+                    f"local-data: 'opendkim._domainkey.{r.domain}. TXT {txt(dkim[r.domain])}'"]
     conf = "\n".join([
         "server:",
         f"  interface: {DNS.ip}",
@@ -227,7 +247,8 @@ def start_dns() -> None:
 
 def evaluate(relay: Host) -> dict:
     out = run(["nix-instantiate", "--eval", "--strict", "--json", str(HERE / "relay.nix"),
-               "--argstr", "domain", relay.domain], capture=True).stdout
+               "--argstr", "domain", relay.domain, "--argstr", "settingsJSON", json.dumps(LAB_SETTINGS)],
+              capture=True).stdout
     return json.loads(out)
 
 
@@ -237,6 +258,7 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     paths = cfg["paths"]
     write(root, "/etc/chatmail/chatmail.ini", cfg["chatmailIni"])
     write(root, paths["authLua"], cfg["authLua"])
+    write(root, paths["pushLua"], cfg["pushLua"])
     write(root, "/etc/dovecot/dovecot.conf", cfg["dovecotConf"])
     write(root, paths["tlsKey"], (ca / f"{relay.domain}.key").read_text(), 0o600)
     write(root, paths["tlsCert"], (ca / f"{relay.domain}.pem").read_text() + (ca / "ca.pem").read_text())
@@ -259,10 +281,101 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     replaced = {f"{e.get('name', a)}/{e.get('type', 'unix')}" for a, e in master.items()}
     stock = (rootfs.rootfs_path() / "etc/postfix/master.cf").read_text()
     write(root, "/etc/postfix/master.cf", render.master_cf(render.standard_services(stock, replaced), master))
+    # OpenDKIM signs what the relay sends: its key, its tables, its configuration.
+    dk = cfg["opendkim"]
+    write(root, paths["dkimKeyFile"], (ca / f"{relay.domain}.dkim.key").read_text(), 0o600)
+    write(root, paths["dkimKeyTable"], dk["keyTable"])
+    write(root, paths["dkimSigningTable"], dk["signingTable"])
+    socket = paths["dkimSocket"].removeprefix("local:")
+    conf = {**dk["settings"], "Socket": paths["dkimSocket"], "UserID": "opendkim:opendkim",
+            "PidFile": str(Path(socket).parent / "opendkim.pid")}
+    write(root, OPENDKIM_CONF, "".join(f"{k} {v}\n" for k, v in conf.items()))
+    (root / Path(socket).parent.relative_to("/")).mkdir(parents=True, exist_ok=True)
+    host_run(relay, ["chown", "-R", "opendkim:opendkim", str(Path(socket).parent), paths["dkimKeyFile"]])
+    host_run(relay, ["usermod", "-a", "-G", "opendkim", "postfix"])
+    # The TURN REST secret metadata derives credentials from (shared with coturn on NixOS).
+    write(root, cfg["settings"]["turn_secret_file"], secrets.token_hex(32) + "\n", 0o640)
+    host_run(relay, ["chown", "root:vmail", cfg["settings"]["turn_secret_file"]])
     mailboxes = root / paths["mailboxesDir"].lstrip("/")
     mailboxes.mkdir(parents=True, exist_ok=True)
     shutil.chown(mailboxes, rootfs.VMAIL_UID, rootfs.VMAIL_UID)
     return cfg
+
+
+# The chatmaild daemons of a relay: name -> (command-line arguments after the config,
+# runtime directory or None). Each runs as vmail from this checkout's source.
+DAEMONS: dict[str, tuple[list[str], str | None]] = {
+    "doveauth": (["--token-file", "/run/doveauth/token"], "/run/doveauth"),
+    "filtermail-outgoing": (["outgoing"], None),
+    "filtermail-incoming": (["incoming"], None),
+    "metadata": (["--socket", "/run/chatmail-metadata/metadata.socket"], "/run/chatmail-metadata"),
+    "lastlogin": (["--socket", "/run/chatmail-lastlogin/lastlogin.socket"], "/run/chatmail-lastlogin"),
+}
+ENTRY = {
+    "doveauth": "chatmaild.doveauth",
+    "filtermail-outgoing": "chatmaild.filtermail",
+    "filtermail-incoming": "chatmaild.filtermail",
+    "metadata": "chatmaild.metadata",
+    "lastlogin": "chatmaild.lastlogin",
+}
+INI = "/etc/chatmail/chatmail.ini"
+OPENDKIM_CONF = "/etc/chatmail/opendkim.conf"
+
+
+def start_daemon(relay: Host, name: str) -> None:
+    """Start one chatmaild daemon on a relay (its log: /var/log/chatmail-<name>.log)."""
+    args, rundir = DAEMONS[name]
+    root = merged(relay)
+    if rundir and not (root / rundir.lstrip("/")).exists():
+        (root / rundir.lstrip("/")).mkdir(mode=0o750)
+        shutil.chown(root / rundir.lstrip("/"), rootfs.VMAIL_UID, rootfs.VMAIL_UID)
+    mode_first = name.startswith("filtermail")
+    argv = [INI, *args] if mode_first else [*args, INI]
+    code = f"from {ENTRY[name]} import main; main()"
+    env = {"PYTHONPATH": CHATMAILD_SRC, "PYTHONDONTWRITEBYTECODE": "1"}
+    host_spawn(relay, [f"{rootfs.VENV}/bin/python", "-c", code, *argv], f"/var/log/chatmail-{name}.log",
+               "vmail", env)
+
+
+def stop_daemon(relay: Host, name: str) -> None:
+    """Stop one chatmaild daemon (SIGTERM, as systemd would) and wait until it is gone."""
+    code = f"from {ENTRY[name]} import main; main()"
+    args = DAEMONS[name][0]
+    victims = []
+    for pid in pids_of(relay):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if code.encode() in cmdline and all(a.encode() in cmdline for a in args):
+            victims.append(pid)
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in victims):
+        time.sleep(0.05)
+
+
+def wait_daemon(relay: Host, cfg: dict, name: str) -> None:
+    s = cfg["settings"]
+    ports = {
+        "doveauth": int(s["doveauth_listen"].rsplit(":", 1)[1]),
+        "filtermail-outgoing": s["filtermail_smtp_port"],
+        "filtermail-incoming": s["filtermail_smtp_port_incoming"],
+    }
+    if name in ports:
+        wait_port(relay, "127.0.0.1", ports[name])
+        return
+    wait_file(relay, DAEMONS[name][0][1])
+
+
+def wait_file(relay: Host, path: str, timeout: float = 30) -> None:
+    """Wait until a file (a daemon's socket) exists on a relay."""
+    target = merged(relay) / path.lstrip("/")
+    deadline = time.time() + timeout
+    while not target.exists():
+        if time.time() > deadline:
+            raise LabError(f"{relay.name}: {path} does not exist after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def start_relay(relay: Host, cfg: dict) -> None:
@@ -270,26 +383,47 @@ def start_relay(relay: Host, cfg: dict) -> None:
     src = root / CHATMAILD_DIR.lstrip("/")
     src.mkdir(parents=True, exist_ok=True)
     run(["mount", "--bind", "-o", "ro", str(CHECKOUT / "python/chatmaild"), str(src)])
-    (root / "run/doveauth").mkdir(mode=0o700)
-    shutil.chown(root / "run/doveauth", rootfs.VMAIL_UID, rootfs.VMAIL_UID)
-    py = [f"{rootfs.VENV}/bin/python", "-c"]
-    env = {"PYTHONPATH": CHATMAILD_SRC, "PYTHONDONTWRITEBYTECODE": "1"}
-    ini = "/etc/chatmail/chatmail.ini"
-    host_spawn(relay, py + ["from chatmaild.doveauth import main; main()", "--token-file",
-                            cfg["paths"]["doveauthTokenFile"], ini], "/var/log/doveauth.log", "vmail", env)
-    for mode in ("outgoing", "incoming"):
-        host_spawn(relay, py + ["from chatmaild.filtermail import main; main()", ini, mode],
-                   f"/var/log/filtermail-{mode}.log", "vmail", env)
+    for name in DAEMONS:
+        start_daemon(relay, name)
+    host_spawn(relay, ["opendkim", "-f", "-l", "-x", OPENDKIM_CONF], "/var/log/opendkim.log")
     # Postfix first: it creates the private/ directory where Dovecot puts its sockets.
     host_start(relay, ["postfix", "check"])
     host_start(relay, ["postfix", "start"])
     host_start(relay, ["dovecot", "-c", "/etc/dovecot/dovecot.conf"])
-    s = cfg["settings"]
-    lo = "127.0.0.1"
-    for ip, port in [(lo, int(s["doveauth_listen"].rsplit(":", 1)[1])), (lo, s["filtermail_smtp_port"]),
-                     (lo, s["filtermail_smtp_port_incoming"]), (relay.ip, 25), (relay.ip, 587),
-                     (relay.ip, 465), (relay.ip, 993), (relay.ip, 143)]:
-        wait_port(relay, ip, port)
+    for name in DAEMONS:
+        wait_daemon(relay, cfg, name)
+    wait_file(relay, cfg["paths"]["dkimSocket"].removeprefix("local:"))
+    for port in (25, 587, 465, 993, 143):
+        wait_port(relay, relay.ip, port)
+
+
+# ---------------------------------------------------------------- the push proxy stand-in
+
+PUSH_PORT = 9999
+PUSH_LOG = STATE / "push.jsonl"
+# What the lab's relays use instead of the defaults: pushes go to the stand-in proxy.
+LAB_SETTINGS = {"notification_url": f"http://{CLIENT.ip}:{PUSH_PORT}/notify"}
+
+
+def start_push_proxy(status: int = 200) -> None:
+    host_spawn(CLIENT, [sys.executable, str(HERE / "pushproxy.py"), "--port", str(PUSH_PORT),
+                        "--log", str(PUSH_LOG), "--status", str(status)], str(STATE / "pushproxy.out"))
+    wait_port(CLIENT, CLIENT.ip, PUSH_PORT)
+
+
+def stop_push_proxy() -> None:
+    for pid in pids_of(CLIENT):
+        try:
+            if b"pushproxy.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + 10
+    while time.time() < deadline and any(
+        b"pushproxy.py" in Path(f"/proc/{p}/cmdline").read_bytes() for p in pids_of(CLIENT)
+        if Path(f"/proc/{p}/cmdline").exists()
+    ):
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- lab
@@ -337,8 +471,11 @@ def _bring_up(base: Path) -> None:
             mount_host(h, base)
     log("TLS: a lab CA and one certificate per relay")
     ca = make_ca()
-    log("dns: unbound, authoritative for .test")
-    start_dns()
+    dkim = make_dkim_keys(ca)
+    log("dns: unbound, authoritative for .test (A, MX and DKIM records)")
+    start_dns(dkim)
+    log("client: a stand-in for the push notification proxy")
+    start_push_proxy()
     for relay in RELAYS:
         log(f"{relay.name}: rendering the NixOS module's configuration for {relay.domain}")
         cfg = configure_relay(relay, ca)

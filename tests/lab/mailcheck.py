@@ -7,13 +7,16 @@ Temporary failures (4xx) are retried a few times; permanent ones are reported, n
 
   mailcheck.py login ADDR PASSWORD
   mailcheck.py send ADDR PASSWORD --to RCPT [--cleartext] [--port 465|587]
-  mailcheck.py deliver --host RELAY --from ADDR --to RCPT [--cleartext]   (as a foreign MTA on port 25)
+  mailcheck.py deliver --host RELAY --from ADDR --to RCPT [--cleartext] [--forge-dkim]
+                                                   (as a foreign MTA on port 25)
+  mailcheck.py metadata ADDR PASSWORD --key /shared/vendor/deltachat/turn [--mailbox M] [--value V]
   mailcheck.py wait ADDR PASSWORD --token TOKEN [--timeout 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import imaplib
 import json
 import secrets
@@ -67,8 +70,8 @@ def encrypted_message(sender: str, rcpt: str, token: str) -> bytes:
     return msg.as_bytes()
 
 
-def smtp_result(fn) -> dict:
-    for attempt in range(5):
+def smtp_result(fn, retry: bool = True) -> dict:
+    for attempt in range(5 if retry else 1):
         try:
             refused = fn()
             if refused:
@@ -76,7 +79,7 @@ def smtp_result(fn) -> dict:
                 return {"ok": False, "code": code, "text": text.decode(errors="replace")}
             return {"ok": True, "code": 250}
         except smtplib.SMTPResponseException as e:
-            if 400 <= e.smtp_code < 500 and attempt < 4:
+            if retry and 400 <= e.smtp_code < 500 and attempt < 4:
                 time.sleep(1)
                 continue
             return {"ok": False, "code": e.smtp_code, "text": e.smtp_error.decode(errors="replace")}
@@ -93,31 +96,48 @@ def cmd_login(a) -> dict:
             imap.login(a.addr, a.password)
         except imaplib.IMAP4.error as e:
             return {"ok": False, "error": str(e)}
-        return {"ok": True, "capabilities": sorted(c.decode() if isinstance(c, bytes) else c for c in imap.capabilities)}
+        # What the server announces once logged in (the greeting's list is shorter).
+        _, data = imap.capability()
+        return {"ok": True, "capabilities": sorted(data[0].decode().split())}
 
 
 def cmd_send(a) -> dict:
+    """Submit --count messages over one connection; report each one's outcome in order."""
     host = a.addr.split("@")[1]
     token = a.token or secrets.token_hex(6)
     data = (cleartext_message if a.cleartext else encrypted_message)(a.addr, a.to, token)
+    ctx = tls_context(a.cafile)
+    if a.port == 465:
+        conn = smtplib.SMTP_SSL(host, 465, context=ctx, timeout=30)
+    else:
+        conn = smtplib.SMTP(host, a.port, timeout=30)
+        conn.starttls(context=ctx)
+    results = []
+    with conn:
+        conn.login(a.addr, a.password)
+        for i in range(a.count):
+            # One Message-ID per message; the first keeps the plain token.
+            body = data if i == 0 else data.replace(f"<{token}@".encode(), f"<{token}-{i}@".encode())
+            results.append(smtp_result(lambda: conn.sendmail(a.addr, [a.to], body), retry=a.count == 1))
+            if results[-1]["code"] == 450:
+                conn.rset()
+    return {"token": token, **results[0], "all": results}
 
-    def go():
-        ctx = tls_context(a.cafile)
-        if a.port == 465:
-            conn = smtplib.SMTP_SSL(host, 465, context=ctx, timeout=30)
-        else:
-            conn = smtplib.SMTP(host, a.port, timeout=30)
-            conn.starttls(context=ctx)
-        with conn:
-            conn.login(a.addr, a.password)
-            return conn.sendmail(a.addr, [a.to], data)
 
-    return {"token": token, **smtp_result(go)}
+def forged_dkim_signature(sender: str) -> bytes:
+    """A DKIM-Signature header that claims the sender's domain but was never made with its key."""
+    domain = sender.split("@")[1]
+    junk = base64.b64encode(secrets.token_bytes(256)).decode()
+    return (f"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/simple; d={domain}; s=opendkim;\r\n"
+            f" h=from:to:subject; bh={base64.b64encode(secrets.token_bytes(32)).decode()};\r\n"
+            f" b={junk}\r\n").encode()
 
 
 def cmd_deliver(a) -> dict:
     token = a.token or secrets.token_hex(6)
     data = (cleartext_message if a.cleartext else encrypted_message)(a.sender, a.to, token)
+    if a.forge_dkim:
+        data = forged_dkim_signature(a.sender) + data
 
     def go():
         with smtplib.SMTP(a.host, 25, local_hostname="mta.example.test", timeout=30) as conn:
@@ -125,6 +145,34 @@ def cmd_deliver(a) -> dict:
             return conn.sendmail(a.sender, [a.to], data)
 
     return {"token": token, **smtp_result(go)}
+
+
+def cmd_metadata(a) -> dict:
+    """GETMETADATA (or SETMETADATA with --value) of one key, RFC 5464."""
+    host = a.addr.split("@")[1]
+    imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
+    imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
+    with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(a.cafile)) as imap:
+        imap.login(a.addr, a.password)
+        mailbox = f'"{a.mailbox}"'
+        if a.value is not None:
+            typ, data = imap._simple_command("SETMETADATA", mailbox, f'({a.key} "{a.value}")')
+            return {"ok": typ == "OK", "response": [d.decode(errors="replace") for d in data if d]}
+        typ, data = imap._simple_command("GETMETADATA", mailbox, a.key)
+        _, untagged = imap._untagged_response(typ, data, "METADATA")
+        return {"ok": typ == "OK", "value": metadata_value(untagged)}
+
+
+def metadata_value(untagged: list) -> str | None:
+    """The value of a one-entry METADATA response: a literal, a quoted string, or NIL (None)."""
+    for item in untagged:
+        if isinstance(item, tuple):  # (b'"" (/key {n}', b'<literal value>')
+            return item[1].decode(errors="replace")
+        if isinstance(item, bytes) and item.rstrip(b")").endswith(b"NIL"):
+            return None
+        if isinstance(item, bytes) and item.count(b'"') >= 4:
+            return item.decode(errors="replace").rsplit('"', 2)[-2]
+    return None
 
 
 def cmd_wait(a) -> dict:
@@ -157,20 +205,30 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--to", required=True)
     s.add_argument("--cleartext", action="store_true", help="send unencrypted (the relay must refuse it)")
     s.add_argument("--port", type=int, default=465, choices=(465, 587))
+    s.add_argument("--count", type=int, default=1, help="messages to send over the one connection")
     s.add_argument("--token", help="unique text to find the message by (default: random)")
     s = sub.add_parser("deliver", help="deliver on port 25 as another mail server would")
     s.add_argument("--host", required=True)
     s.add_argument("--from", dest="sender", required=True)
     s.add_argument("--to", required=True)
     s.add_argument("--cleartext", action="store_true")
+    s.add_argument("--forge-dkim", action="store_true", help="add a DKIM-Signature the sender's key never made")
     s.add_argument("--token")
+    s = sub.add_parser("metadata", help="IMAP GETMETADATA, or SETMETADATA with --value")
+    s.add_argument("addr")
+    s.add_argument("password")
+    s.add_argument("--mailbox", default="", help='mailbox ("" for server metadata)')
+    s.add_argument("--key", required=True)
+    s.add_argument("--value")
     s = sub.add_parser("wait", help="wait until a message with the token is in the INBOX")
     s.add_argument("addr")
     s.add_argument("password")
     s.add_argument("--token", required=True)
     s.add_argument("--timeout", type=float, default=20)
     a = p.parse_args(argv)
-    result = {"login": cmd_login, "send": cmd_send, "deliver": cmd_deliver, "wait": cmd_wait}[a.cmd](a)
+    commands = {"login": cmd_login, "send": cmd_send, "deliver": cmd_deliver, "metadata": cmd_metadata,
+                "wait": cmd_wait}
+    result = commands[a.cmd](a)
     print(json.dumps(result))
     return 0
 

@@ -12,6 +12,14 @@ let
     tlsCert = "/etc/chatmail/tls/fullchain.pem";
     tlsKey = "/etc/chatmail/tls/key.pem";
     authLua = "/etc/chatmail/auth.lua";
+    pushLua = "/etc/chatmail/push.lua";
+    metadataSocket = "/run/chatmail-metadata/metadata.socket";
+    lastloginSocket = "/run/chatmail-lastlogin/lastlogin.socket";
+    dkimSelector = "opendkim";
+    dkimKeyFile = "/etc/chatmail/dkim/opendkim.private";
+    dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
+    dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
+    dkimSocket = "local:/run/opendkim/opendkim.sock";
     doveauthTokenFile = "/run/doveauth/token";
     mailboxesDir = "/home/vmail/mail/${domain}";
     vmailUser = "vmail";
@@ -27,4 +35,6 @@ in
   postfix = import (cfg + "/postfix.nix") { inherit settings paths; };
   dovecotConf = import (cfg + "/dovecot.nix") { inherit settings paths; };
   authLua = builtins.readFile (cfg + "/auth.lua");
+  pushLua = builtins.readFile (cfg + "/push.lua");
+  opendkim = import (cfg + "/opendkim.nix") { inherit settings paths; };
 }
