@@ -1,0 +1,74 @@
+"""The chatmaild units' sandbox, scored by systemd itself.
+
+The units are rendered from nixos/modules/chatmail/config/units.nix, the data the NixOS
+module turns into systemd services, the way NixOS renders serviceConfig (a list becomes
+one line per item), and scored with `systemd-analyze security --offline=yes`. Each
+unit's exposure is printed; every one must stay at 2.0 or below."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "nixos/modules/chatmail/config"
+MAX_EXPOSURE = 2.0
+
+# The NixOS values of the paths units.nix reads (nixos/modules/chatmail/common.nix).
+PATHS = {
+    "chatmailIni": "/etc/chatmail/chatmail.ini",
+    "mailboxesDir": "/home/vmail/mail/chat.example.org",
+    "vmailUser": "vmail",
+    "doveauthTokenFile": "/run/doveauth/token",
+    "metadataSocket": "/run/chatmail-metadata/metadata.socket",
+    "lastloginSocket": "/run/chatmail-lastlogin/lastlogin.socket",
+    "turnSecretFile": "/run/credentials/chatmail-metadata.service/turn-secret",
+}
+
+
+def units() -> dict:
+    expr = (
+        f"import {CONFIG}/units.nix {{ settings = (import {CONFIG}/defaults.nix) // "
+        f'{{ mail_domain = "chat.example.org"; }}; paths = builtins.fromJSON {json.dumps(json.dumps(PATHS))}; '
+        f'exe = n: "/run/current-system/sw/bin/${{n}}"; }}'
+    )
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def render_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def render_unit(name: str, unit: dict) -> str:
+    lines = ["[Unit]", f"Description={unit['description']}", "", "[Service]"]
+    for key in sorted(unit["serviceConfig"]):
+        value = unit["serviceConfig"][key]
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key}={render_value(item)}")
+    return "\n".join(lines) + "\n"
+
+
+UNITS = units()
+
+
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_unit_exposure_is_at_most_two(name, tmp_path):
+    assert shutil.which("systemd-analyze"), "systemd-analyze is missing: tools/install-deps installs it"
+    path = tmp_path / f"{name}.service"
+    path.write_text(render_unit(name, UNITS[name]))
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)],
+                       capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout + r.stderr)
+    assert match, r.stdout[-2000:] + r.stderr[-2000:]
+    exposure = float(match.group(1))
+    print(f"{name + '.service':32} exposure {exposure:.1f}")
+    assert exposure <= MAX_EXPOSURE, r.stdout
