@@ -293,6 +293,11 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     (root / Path(socket).parent.relative_to("/")).mkdir(parents=True, exist_ok=True)
     host_run(relay, ["chown", "-R", "opendkim:opendkim", str(Path(socket).parent), paths["dkimKeyFile"]])
     host_run(relay, ["usermod", "-a", "-G", "opendkim", "postfix"])
+    # nginx: the port-443 split, /new, /mxdeliv, autoconfig and MTA-STS, as NixOS lays it out.
+    for name, text in cfg["nginx"]["files"].items():
+        write(root, f"{paths['wwwFiles']}/{name}", text)
+    write(root, NGINX_CONF, render.nginx_conf(cfg["nginx"], relay.domain, paths["httpsPort"],
+                                              paths["tlsCert"], paths["tlsKey"]))
     # The TURN REST secret metadata derives credentials from (shared with coturn on NixOS).
     write(root, cfg["settings"]["turn_secret_file"], secrets.token_hex(32) + "\n", 0o640)
     host_run(relay, ["chown", "root:vmail", cfg["settings"]["turn_secret_file"]])
@@ -310,6 +315,7 @@ DAEMONS: dict[str, tuple[list[str], str | None]] = {
     "filtermail-incoming": (["incoming"], None),
     "metadata": (["--socket", "/run/chatmail-metadata/metadata.socket"], "/run/chatmail-metadata"),
     "lastlogin": (["--socket", "/run/chatmail-lastlogin/lastlogin.socket"], "/run/chatmail-lastlogin"),
+    "newemail": ([], None),
 }
 ENTRY = {
     "doveauth": "chatmaild.doveauth",
@@ -317,9 +323,11 @@ ENTRY = {
     "filtermail-incoming": "chatmaild.filtermail",
     "metadata": "chatmaild.metadata",
     "lastlogin": "chatmaild.lastlogin",
+    "newemail": "chatmaild.newemail",
 }
 INI = "/etc/chatmail/chatmail.ini"
 OPENDKIM_CONF = "/etc/chatmail/opendkim.conf"
+NGINX_CONF = "/etc/chatmail/nginx.conf"
 
 
 def start_daemon(relay: Host, name: str) -> None:
@@ -361,9 +369,12 @@ def wait_daemon(relay: Host, cfg: dict, name: str) -> None:
         "doveauth": int(s["doveauth_listen"].rsplit(":", 1)[1]),
         "filtermail-outgoing": s["filtermail_smtp_port"],
         "filtermail-incoming": s["filtermail_smtp_port_incoming"],
+        "newemail": int(s["newemail_listen"].rsplit(":", 1)[1]),
     }
     if name in ports:
         wait_port(relay, "127.0.0.1", ports[name])
+        if name == "filtermail-incoming":  # also the HTTP receiver behind /mxdeliv
+            wait_port(relay, "127.0.0.1", s["filtermail_http_port_incoming"])
         return
     wait_file(relay, DAEMONS[name][0][1])
 
@@ -390,10 +401,11 @@ def start_relay(relay: Host, cfg: dict) -> None:
     host_start(relay, ["postfix", "check"])
     host_start(relay, ["postfix", "start"])
     host_start(relay, ["dovecot", "-c", "/etc/dovecot/dovecot.conf"])
+    host_start(relay, ["nginx", "-c", NGINX_CONF])
     for name in DAEMONS:
         wait_daemon(relay, cfg, name)
     wait_file(relay, cfg["paths"]["dkimSocket"].removeprefix("local:"))
-    for port in (25, 587, 465, 993, 143):
+    for port in (25, 587, 465, 993, 143, 80, 443):
         wait_port(relay, relay.ip, port)
 
 

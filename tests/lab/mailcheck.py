@@ -10,6 +10,9 @@ Temporary failures (4xx) are retried a few times; permanent ones are reported, n
   mailcheck.py deliver --host RELAY --from ADDR --to RCPT [--cleartext] [--forge-dkim]
                                                    (as a foreign MTA on port 25)
   mailcheck.py metadata ADDR PASSWORD --key /shared/vendor/deltachat/turn [--mailbox M] [--value V]
+  mailcheck.py http METHOD URL [--header "N: v"] [--data-file F]
+  mailcheck.py alpn HOST PROTOCOL                 (TLS on port 443 offering one ALPN protocol)
+  mailcheck.py mxdeliv --host RELAY --from ADDR --to RCPT [--dkim-key KEY] [--cleartext]
   mailcheck.py wait ADDR PASSWORD --token TOKEN [--timeout 20]
 """
 
@@ -175,6 +178,53 @@ def metadata_value(untagged: list) -> str | None:
     return None
 
 
+def cmd_http(a) -> dict:
+    """One HTTPS (or HTTP) request; the answer's status, headers of interest and body."""
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(a.url)
+    if url.scheme == "https":
+        conn = http.client.HTTPSConnection(url.hostname, url.port or 443, context=tls_context(a.cafile), timeout=30)
+    else:
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=30)
+    headers = dict(h.split(": ", 1) for h in a.header)
+    body = open(a.data_file, "rb").read() if a.data_file else None
+    conn.request(a.method, url.path or "/", body=body, headers=headers)
+    resp = conn.getresponse()
+    return {"status": resp.status, "location": resp.getheader("Location"),
+            "content_type": resp.getheader("Content-Type"), "body": resp.read().decode(errors="replace")}
+
+
+def cmd_alpn(a) -> dict:
+    """Open TLS to port 443 offering one ALPN protocol; return the first line the server says."""
+    import socket
+
+    ctx = tls_context(a.cafile)
+    ctx.set_alpn_protocols([a.protocol])
+    with socket.create_connection((a.host, 443), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=a.host) as tls:
+        return {"alpn": tls.selected_alpn_protocol(), "greeting": tls.recv(200).decode(errors="replace").splitlines()[0]}
+
+
+def cmd_mxdeliv(a) -> dict:
+    """Deliver over HTTPS the way relays do (POST /mxdeliv), optionally DKIM-signed."""
+    import http.client
+
+    token = a.token or secrets.token_hex(6)
+    data = (cleartext_message if a.cleartext else encrypted_message)(a.sender, a.to, token)
+    if a.dkim_key:
+        import dkim
+
+        domain = a.sender.split("@")[1]
+        signature = dkim.sign(data, a.selector.encode(), domain.encode(), open(a.dkim_key, "rb").read(),
+                              include_headers=[b"from", b"to", b"subject", b"message-id"])
+        data = signature + data
+    conn = http.client.HTTPSConnection(a.host, 443, context=tls_context(a.cafile), timeout=60)
+    conn.request("POST", "/mxdeliv", body=data, headers={"X-MAIL-FROM": a.sender, "X-MAIL-TO": a.to})
+    resp = conn.getresponse()
+    return {"token": token, "status": resp.status, "body": resp.read().decode(errors="replace").strip()}
+
+
 def cmd_wait(a) -> dict:
     host = a.addr.split("@")[1]
     deadline = time.monotonic() + a.timeout
@@ -220,6 +270,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--mailbox", default="", help='mailbox ("" for server metadata)')
     s.add_argument("--key", required=True)
     s.add_argument("--value")
+    s = sub.add_parser("http", help="one HTTP(S) request")
+    s.add_argument("method")
+    s.add_argument("url")
+    s.add_argument("--header", action="append", default=[], help='"Name: value", repeatable')
+    s.add_argument("--data-file")
+    s = sub.add_parser("alpn", help="TLS to port 443 with one ALPN protocol; print the greeting")
+    s.add_argument("host")
+    s.add_argument("protocol")
+    s = sub.add_parser("mxdeliv", help="deliver with POST https://HOST/mxdeliv, as relays do")
+    s.add_argument("--host", required=True)
+    s.add_argument("--from", dest="sender", required=True)
+    s.add_argument("--to", required=True)
+    s.add_argument("--cleartext", action="store_true")
+    s.add_argument("--dkim-key", help="sign with this private key (PEM) for the sender's domain")
+    s.add_argument("--selector", default="opendkim")
+    s.add_argument("--token")
     s = sub.add_parser("wait", help="wait until a message with the token is in the INBOX")
     s.add_argument("addr")
     s.add_argument("password")
@@ -227,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout", type=float, default=20)
     a = p.parse_args(argv)
     commands = {"login": cmd_login, "send": cmd_send, "deliver": cmd_deliver, "metadata": cmd_metadata,
-                "wait": cmd_wait}
+                "http": cmd_http, "alpn": cmd_alpn, "mxdeliv": cmd_mxdeliv, "wait": cmd_wait}
     result = commands[a.cmd](a)
     print(json.dumps(result))
     return 0

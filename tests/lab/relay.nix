@@ -20,6 +20,9 @@ let
     dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
     dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
     dkimSocket = "local:/run/opendkim/opendkim.sock";
+    tlsMode = "external";
+    httpsPort = 8443;
+    wwwFiles = "/etc/chatmail/www";
     doveauthTokenFile = "/run/doveauth/token";
     mailboxesDir = "/home/vmail/mail/${domain}";
     vmailUser = "vmail";
@@ -37,4 +40,5 @@ in
   authLua = builtins.readFile (cfg + "/auth.lua");
   pushLua = builtins.readFile (cfg + "/push.lua");
   opendkim = import (cfg + "/opendkim.nix") { inherit settings paths; };
+  nginx = import (cfg + "/nginx.nix") { inherit settings paths; };
 }

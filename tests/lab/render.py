@@ -103,3 +103,66 @@ def standard_services(debian_master_cf: str, replaced: set[str]) -> list[str]:
         cols[4] = "n"
         out.append(" ".join(cols) + "".join("\n" + line for line in block[1:]))
     return out
+
+
+# --------------------------------------------------------------------------- nginx
+
+# The proxy headers NixOS adds to a location with a proxyPass when recommendedProxySettings
+# is on (nixos/modules/services/web-servers/nginx).
+RECOMMENDED_PROXY = [
+    "proxy_set_header Host $host;",
+    "proxy_set_header X-Real-IP $remote_addr;",
+    "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+    "proxy_set_header X-Forwarded-Proto $scheme;",
+    "proxy_set_header X-Forwarded-Host $host;",
+    "proxy_set_header X-Forwarded-Server $host;",
+]
+
+
+def nginx_location(name: str, loc: dict) -> str:
+    """One vhost location from services.nginx.virtualHosts.<n>.locations data."""
+    body = []
+    if loc.get("proxyPass"):
+        body.append(f"proxy_pass {loc['proxyPass']};")
+        body += RECOMMENDED_PROXY
+    if loc.get("alias"):
+        body.append(f"alias {loc['alias']};")
+    if loc.get("return"):
+        body.append(f"return {loc['return']};")
+    if loc.get("extraConfig"):
+        body.append(loc["extraConfig"].strip())
+    inner = "\n".join("    " + line for chunk in body for line in chunk.splitlines())
+    return f"  location {name} {{\n{inner}\n  }}"
+
+
+def nginx_conf(nginx: dict, domain: str, https_port: int, cert: str, key: str) -> str:
+    """A whole nginx.conf in the shape NixOS gives the relay's site: the port-443 stream
+    split, port 80 redirecting to HTTPS (forceSSL), and the HTTPS vhost on loopback."""
+    names = " ".join([domain, *nginx["serverAliases"]])
+    locations = "\n".join(nginx_location(n, loc) for n, loc in sorted(nginx["locations"].items()))
+    return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+pid /run/nginx.pid;
+error_log /var/log/nginx/error.log;
+events {{}}
+stream {{
+{nginx["streamConfig"]}
+}}
+http {{
+  include /etc/nginx/mime.types;
+  access_log off;
+  server_tokens off;
+  server {{
+    listen 80;
+    server_name {names};
+    location / {{ return 301 https://$host$request_uri; }}
+  }}
+  server {{
+    listen 127.0.0.1:{https_port} ssl;
+    http2 on;
+    server_name {names};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+{locations}
+  }}
+}}
+"""

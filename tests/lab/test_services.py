@@ -162,3 +162,41 @@ def test_an_account_copied_from_an_upstream_relay_logs_in(client):
     result = client("login", addr, password)
     assert result["ok"], result
     assert not client("login", addr, password + "!")["ok"]
+
+
+def test_expire_removes_exactly_what_retention_says_and_dovecot_follows(client, account):
+    """Old mail, large read mail and inactive accounts go; recent mail and the rest stay."""
+    day = 86400
+    now = time.time()
+    addr, password = account("relay1.test")
+    idle, _ = account("relay1.test")
+    home = relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}")
+    files = {  # name -> (directory, size, age in days, expected to survive)
+        "old": ("cur", 100, 21, False),
+        "recent": ("cur", 100, 2, True),
+        "large-read": ("cur", 300_000, 8, False),
+        "large-unread": ("new", 300_000, 8, True),
+        "large-fresh": ("cur", 300_000, 3, True),
+        "subfolder-old": (".DeltaChat/cur", 100, 30, False),
+    }
+    for name, (folder, size, age, _) in files.items():
+        path = home / folder / f"{int(now - age * day)}.M1P1.{name},S={size}:2,S"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+        os.utime(path, (now - age * day, now - age * day))
+    inactive = relay_file("relay1", f"/home/vmail/mail/relay1.test/{idle}")
+    os.utime(inactive / "password", (now - 91 * day, now - 91 * day))
+    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", "/home/vmail/mail/relay1.test"])
+
+    r = labmod.host_run(RELAY1, ["setpriv", "--reuid=vmail", "--regid=vmail", "--init-groups", "env",
+                                 f"PYTHONPATH={labmod.CHATMAILD_SRC}", "PYTHONDONTWRITEBYTECODE=1",
+                                 f"{labmod.rootfs.VENV}/bin/python", "-c",
+                                 "from chatmaild.expire import main; main()", labmod.INI, "--remove"],
+                        capture=True)
+    print(r.stdout.strip().splitlines()[-1])
+    for name, (folder, _, _, survives) in files.items():
+        present = any(p.name.split(".", 2)[2].startswith(name + ",") for p in (home / folder).iterdir())
+        assert present == survives, f"{name} in {folder}: expected {'kept' if survives else 'removed'}"
+    assert not inactive.exists(), "an account unused for 91 days is removed"
+    assert (home / "password").exists()
+    assert client("login", addr, password)["ok"], "the account itself stays usable"
