@@ -46,7 +46,7 @@ def account(client):
 
     def make(relay: str) -> tuple[str, str]:
         addr = f"{secrets.token_hex(5)[:9]}@{relay}"
-        password = secrets.token_urlsafe(12)
+        password = "p" + secrets.token_urlsafe(12)  # never "-...", which argparse takes for an option
         result = client("login", addr, password)
         assert result["ok"], result
         return addr, password

@@ -21,7 +21,7 @@ def test_first_login_creates_the_account_and_a_wrong_password_is_refused(client,
 
 def test_a_login_that_breaks_the_username_rules_creates_nothing(client):
     addr = "ab@relay1.test"
-    result = client("login", addr, secrets.token_urlsafe(12))
+    result = client("login", addr, "p" + secrets.token_urlsafe(12))
     assert not result["ok"]
     assert not relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}").exists()
 
