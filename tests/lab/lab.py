@@ -298,6 +298,10 @@ def configure_relay(relay: Host, ca: Path) -> dict:
         write(root, f"{paths['wwwFiles']}/{name}", text)
     write(root, NGINX_CONF, render.nginx_conf(cfg["nginx"], relay.domain, paths["httpsPort"],
                                               paths["tlsCert"], paths["tlsKey"]))
+    # Dovecot's quota warning runs this (on NixOS: the package's chatmail-quota-expire).
+    write(root, paths["quotaExpire"], "#!/bin/sh\n"
+          f"PYTHONPATH={CHATMAILD_SRC} PYTHONDONTWRITEBYTECODE=1 exec {rootfs.VENV}/bin/python "
+          "-c 'from chatmaild.expire import quota_main; quota_main()' \"$@\"\n", 0o755)
     # The TURN REST secret metadata derives credentials from (shared with coturn on NixOS).
     write(root, cfg["settings"]["turn_secret_file"], secrets.token_hex(32) + "\n", 0o640)
     host_run(relay, ["chown", "root:vmail", cfg["settings"]["turn_secret_file"]])
@@ -414,7 +418,8 @@ def start_relay(relay: Host, cfg: dict) -> None:
 PUSH_PORT = 9999
 PUSH_LOG = STATE / "push.jsonl"
 # What the lab's relays use instead of the defaults: pushes go to the stand-in proxy.
-LAB_SETTINGS = {"notification_url": f"http://{CLIENT.ip}:{PUSH_PORT}/notify"}
+# A small quota, so that tests can fill a mailbox past the quota warning quickly.
+LAB_SETTINGS = {"notification_url": f"http://{CLIENT.ip}:{PUSH_PORT}/notify", "max_mailbox_size": "4M"}
 
 
 def start_push_proxy(status: int = 200) -> None:

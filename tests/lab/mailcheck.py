@@ -46,7 +46,7 @@ def cleartext_message(sender: str, rcpt: str, token: str) -> bytes:
     return msg.as_bytes()
 
 
-def encrypted_message(sender: str, rcpt: str, token: str) -> bytes:
+def encrypted_message(sender: str, rcpt: str, token: str, pad: int = 0) -> bytes:
     """A real PGP/MIME message (RFC 3156): PKESK + SEIPD packets made by pgpy."""
     import pgpy
     from pgpy.constants import HashAlgorithm, KeyFlags, PubKeyAlgorithm, SymmetricKeyAlgorithm
@@ -55,7 +55,8 @@ def encrypted_message(sender: str, rcpt: str, token: str) -> bytes:
     uid = pgpy.PGPUID.new(rcpt.split("@")[0], email=rcpt)
     key.add_uid(uid, usage={KeyFlags.EncryptCommunications}, hashes=[HashAlgorithm.SHA256],
                 ciphers=[SymmetricKeyAlgorithm.AES256])
-    armored = str(key.pubkey.encrypt(pgpy.PGPMessage.new(f"secret {token}")))
+    text = f"secret {token}" + (" " + secrets.token_urlsafe(pad) if pad else "")
+    armored = str(key.pubkey.encrypt(pgpy.PGPMessage.new(text)))
     msg = EmailMessage(policy=SMTP_POLICY)
     msg["From"], msg["To"], msg["Subject"] = sender, rcpt, f"encrypted {token}"
     # The relay hides the subject and the body is encrypted: the Message-ID carries the token.
@@ -108,7 +109,10 @@ def cmd_send(a) -> dict:
     """Submit --count messages over one connection; report each one's outcome in order."""
     host = a.addr.split("@")[1]
     token = a.token or secrets.token_hex(6)
-    data = (cleartext_message if a.cleartext else encrypted_message)(a.addr, a.to, token)
+    if a.cleartext:
+        data = cleartext_message(a.addr, a.to, token)
+    else:
+        data = encrypted_message(a.addr, a.to, token, pad=a.pad)
     ctx = tls_context(a.cafile)
     if a.port == 465:
         conn = smtplib.SMTP_SSL(host, 465, context=ctx, timeout=30)
@@ -256,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--cleartext", action="store_true", help="send unencrypted (the relay must refuse it)")
     s.add_argument("--port", type=int, default=465, choices=(465, 587))
     s.add_argument("--count", type=int, default=1, help="messages to send over the one connection")
+    s.add_argument("--pad", type=int, default=0, help="random bytes of plaintext to make the message larger")
     s.add_argument("--token", help="unique text to find the message by (default: random)")
     s = sub.add_parser("deliver", help="deliver on port 25 as another mail server would")
     s.add_argument("--host", required=True)

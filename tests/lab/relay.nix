@@ -23,6 +23,7 @@ let
     tlsMode = "external";
     httpsPort = 8443;
     wwwFiles = "/etc/chatmail/www";
+    quotaExpire = "/usr/local/bin/chatmail-quota-expire";
     doveauthTokenFile = "/run/doveauth/token";
     mailboxesDir = "/home/vmail/mail/${domain}";
     vmailUser = "vmail";

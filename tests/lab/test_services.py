@@ -200,3 +200,30 @@ def test_expire_removes_exactly_what_retention_says_and_dovecot_follows(client, 
     assert not inactive.exists(), "an account unused for 91 days is removed"
     assert (home / "password").exists()
     assert client("login", addr, password)["ok"], "the account itself stays usable"
+
+
+def test_a_mailbox_crossing_the_quota_warning_loses_its_oldest_mail_not_new_mail(client, account):
+    """Dovecot's count quota warns at 75 % (the lab's max_mailbox_size is 4M) and runs
+    chatmail-quota-expire, which deletes the oldest messages down to 70 %."""
+    alice, alice_pw = account("relay1.test")
+    bob, bob_pw = account("relay2.test")
+    home = relay_file("relay1", f"/home/vmail/mail/relay1.test/{alice}")
+    old = int(time.time()) - 10 * 86400
+    for i, name in enumerate(("oldest", "older")):
+        size = 1_200_000
+        path = home / "cur" / f"{old + i}.M{i}P1.{name},S={size}:2,S"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"From: x@relay1.test\r\nSubject: filler\r\n\r\n" + b"x" * (size - 40))
+        os.utime(path, (old + i, old + i))
+    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", f"/home/vmail/mail/relay1.test/{alice}"])
+    labmod.host_run(RELAY1, ["doveadm", "quota", "recalc", "-u", alice])
+    sent = client("send", bob, bob_pw, "--to", alice, "--pad", "600000")
+    assert sent["ok"], sent
+    assert client("wait", alice, alice_pw, "--token", sent["token"])["ok"], "the new message is delivered"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(p.name.split(".", 2)[2].startswith("oldest,") for p in (home / "cur").iterdir()):
+        time.sleep(0.2)
+    names = sorted(p.name.split(".", 2)[2].split(",")[0] for p in (home / "cur").iterdir())
+    assert "oldest" not in names, names
+    r = labmod.host_run(RELAY1, ["doveadm", "quota", "get", "-u", alice], capture=True)
+    print(f"after the quota warning: cur/ holds {names}\n{r.stdout.strip()}")

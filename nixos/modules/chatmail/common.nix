@@ -28,6 +28,7 @@ rec {
     pushLua = "${./config/push.lua}";
     metadataSocket = "/run/chatmail-metadata/metadata.socket";
     lastloginSocket = "/run/chatmail-lastlogin/lastlogin.socket";
+    quotaExpire = lib.getExe' cfg.package "chatmail-quota-expire";
     turnSecretFile = if cfg.turn.enable then cfg.turn.secretFile else null;
     # OpenDKIM: services.opendkim generates <keyPath>/<selector>.private when it is missing.
     dkimSelector = cfg.dkim.selector;

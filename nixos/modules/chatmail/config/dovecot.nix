@@ -7,11 +7,22 @@
 # paths: dovecotBaseDir, dovecotInternalUser/Group, dovecotLogPath (null: syslog/journal),
 # postfixQueue (Postfix's queue directory: the auth and LMTP sockets live in private/),
 # mailboxesDir, tlsCert, tlsKey, authLua, pushLua, doveauthTokenFile, vmailUser,
-# metadataSocket, lastloginSocket.
+# metadataSocket, lastloginSocket, quotaExpire (the chatmail-quota-expire program).
 { settings, paths }:
 let
   versions = import ./dovecot-versions.nix;
   optional = cond: text: if cond then text else "";
+  # max_mailbox_size ("500M", "2G", "256": megabytes) in megabytes, as chatmaild reads it.
+  sizeMB =
+    text:
+    let
+      upper = builtins.replaceStrings [ "b" "m" "g" ] [ "B" "M" "G" ] text;
+      noB = if builtins.match ".*B" upper != null then builtins.substring 0 (builtins.stringLength upper - 1) upper else upper;
+      unit = builtins.substring (builtins.stringLength noB - 1) 1 noB;
+      number = if unit == "M" || unit == "G" then builtins.substring 0 (builtins.stringLength noB - 1) noB else noB;
+    in
+    builtins.fromJSON number * (if unit == "G" then 1024 else 1);
+  quotaMB = sizeMB (toString settings.max_mailbox_size);
   vmail = paths.vmailUser;
   lua = ''
       lua_file = ${paths.authLua}
@@ -99,6 +110,32 @@ in
     process_limit = ${toString settings.max_imap_connections}
   }
 
+  # Quota: a mailbox is never allowed to bounce mail for being full. At 75 % of
+  # max_mailbox_size, chatmail-quota-expire deletes the oldest messages down to 70 %.
+  mail_plugins {
+    quota = yes
+  }
+  quota_mail_size = ${toString settings.max_message_size}
+  quota "User quota" {
+    driver = count
+    storage_size = ${toString quotaMB}M
+    storage_grace = 0
+    quota_warning warn-75 {
+      quota_storage_percentage = 75
+      execute quota-warning {
+        args = ${toString (quotaMB * 7 / 10)} ${paths.mailboxesDir}/%{user}
+      }
+    }
+  }
+  service quota-warning {
+    executable = script ${paths.quotaExpire}
+    user = ${vmail}
+    unix_listener quota-warning {
+      user = ${vmail}
+      mode = 0600
+    }
+  }
+
   # Delta Chat clients look for these: XCHATMAIL (this is a chatmail relay) and
   # XDELTAPUSH (setting /private/devicetoken on INBOX gets push notifications).
   imap_capability {
@@ -118,6 +155,7 @@ in
     # The day of the last IMAP login, which decides when an unused account is removed.
     mail_plugins {
       last_login = yes
+      imap_quota = yes
     }
   }
   last_login {
