@@ -302,9 +302,11 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     write(root, paths["quotaExpire"], "#!/bin/sh\n"
           f"PYTHONPATH={CHATMAILD_SRC} PYTHONDONTWRITEBYTECODE=1 exec {rootfs.VENV}/bin/python "
           "-c 'from chatmaild.expire import quota_main; quota_main()' \"$@\"\n", 0o755)
-    # The TURN REST secret metadata derives credentials from (shared with coturn on NixOS).
-    write(root, cfg["settings"]["turn_secret_file"], secrets.token_hex(32) + "\n", 0o640)
-    host_run(relay, ["chown", "root:vmail", cfg["settings"]["turn_secret_file"]])
+    # The TURN REST secret: metadata derives credentials from it, coturn checks them.
+    turn_secret = secrets.token_hex(32)
+    write(root, paths["turnSecretFile"], turn_secret + "\n", 0o640)
+    host_run(relay, ["chown", "root:vmail", paths["turnSecretFile"]])
+    write(root, TURN_CONF, render.turnserver_conf(cfg["turn"], turn_secret), 0o600)
     mailboxes = root / paths["mailboxesDir"].lstrip("/")
     mailboxes.mkdir(parents=True, exist_ok=True)
     shutil.chown(mailboxes, rootfs.VMAIL_UID, rootfs.VMAIL_UID)
@@ -332,6 +334,7 @@ ENTRY = {
 INI = "/etc/chatmail/chatmail.ini"
 OPENDKIM_CONF = "/etc/chatmail/opendkim.conf"
 NGINX_CONF = "/etc/chatmail/nginx.conf"
+TURN_CONF = "/etc/chatmail/turnserver.conf"
 
 
 def start_daemon(relay: Host, name: str) -> None:
@@ -401,6 +404,8 @@ def start_relay(relay: Host, cfg: dict) -> None:
     for name in DAEMONS:
         start_daemon(relay, name)
     host_spawn(relay, ["opendkim", "-f", "-l", "-x", OPENDKIM_CONF], "/var/log/opendkim.log")
+    host_spawn(relay, ["turnserver", "-c", TURN_CONF, "--log-file=stdout", "--no-stdout-log=false"],
+               "/var/log/turnserver.log")
     # Postfix first: it creates the private/ directory where Dovecot puts its sockets.
     host_start(relay, ["postfix", "check"])
     host_start(relay, ["postfix", "start"])

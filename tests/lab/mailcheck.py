@@ -13,6 +13,7 @@ Temporary failures (4xx) are retried a few times; permanent ones are reported, n
   mailcheck.py http METHOD URL [--header "N: v"] [--data-file F]
   mailcheck.py alpn HOST PROTOCOL                 (TLS on port 443 offering one ALPN protocol)
   mailcheck.py mxdeliv --host RELAY --from ADDR --to RCPT [--dkim-key KEY] [--cleartext]
+  mailcheck.py turn HOST USERNAME PASSWORD [--port 3478]   (a TURN Allocate, as a calling client)
   mailcheck.py wait ADDR PASSWORD --token TOKEN [--timeout 20]
 """
 
@@ -229,6 +230,56 @@ def cmd_mxdeliv(a) -> dict:
     return {"token": token, "status": resp.status, "body": resp.read().decode(errors="replace").strip()}
 
 
+def cmd_turn(a) -> dict:
+    """A TURN Allocate over UDP with long-term credentials (RFC 5766, RFC 5389): the first
+    request draws 401 with the realm and a nonce, the second carries USERNAME, REALM, NONCE
+    and MESSAGE-INTEGRITY (HMAC-SHA1 keyed with MD5(user:realm:password))."""
+    import hashlib
+    import hmac
+    import socket
+    import struct
+
+    magic = 0x2112A442
+
+    def attr(kind: int, value: bytes) -> bytes:
+        return struct.pack("!HH", kind, len(value)) + value + b"\0" * (-len(value) % 4)
+
+    def message(attrs: bytes, tid: bytes) -> bytes:
+        return struct.pack("!HHI", 0x0003, len(attrs), magic) + tid + attrs
+
+    def parse(data: bytes) -> tuple[int, dict[int, bytes]]:
+        kind, length = struct.unpack("!HH", data[:4])
+        out, pos = {}, 20
+        while pos < 20 + length:
+            t, n = struct.unpack("!HH", data[pos:pos + 4])
+            out[t] = data[pos + 4:pos + 4 + n]
+            pos += 4 + n + (-n % 4)
+        return kind, out
+
+    transport = attr(0x0019, bytes([17, 0, 0, 0]))  # REQUESTED-TRANSPORT: UDP
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.connect((a.host, a.port))
+        sock.send(message(transport, secrets.token_bytes(12)))
+        kind, attrs = parse(sock.recv(2048))
+        realm, nonce = attrs.get(0x0014, b""), attrs.get(0x0015, b"")
+        body = transport + attr(0x0006, a.username.encode()) + attr(0x0014, realm) + attr(0x0015, nonce)
+        key = hashlib.md5(f"{a.username}:{realm.decode()}:{a.password}".encode()).digest()
+        tid = secrets.token_bytes(12)
+        # The integrity covers the header with a length that already counts itself (24 bytes).
+        head = struct.pack("!HHI", 0x0003, len(body) + 24, magic) + tid
+        mac = hmac.new(key, head + body, hashlib.sha1).digest()
+        sock.send(message(body + attr(0x0008, mac), tid))
+        kind, attrs = parse(sock.recv(2048))
+    if kind == 0x0103:  # Allocate success
+        relayed = attrs.get(0x0016, b"")
+        port = struct.unpack("!H", relayed[2:4])[0] ^ (magic >> 16) if relayed else None
+        return {"ok": True, "realm": realm.decode(), "relayed_port": port}
+    error = attrs.get(0x0009, b"\0\0\0\0")
+    return {"ok": False, "realm": realm.decode(), "error": error[2] * 100 + error[3],
+            "reason": error[4:].decode(errors="replace")}
+
+
 def cmd_wait(a) -> dict:
     host = a.addr.split("@")[1]
     deadline = time.monotonic() + a.timeout
@@ -291,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dkim-key", help="sign with this private key (PEM) for the sender's domain")
     s.add_argument("--selector", default="opendkim")
     s.add_argument("--token")
+    s = sub.add_parser("turn", help="TURN Allocate with long-term credentials (as a calling client)")
+    s.add_argument("host")
+    s.add_argument("username")
+    s.add_argument("password")
+    s.add_argument("--port", type=int, default=3478)
     s = sub.add_parser("wait", help="wait until a message with the token is in the INBOX")
     s.add_argument("addr")
     s.add_argument("password")
@@ -298,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout", type=float, default=20)
     a = p.parse_args(argv)
     commands = {"login": cmd_login, "send": cmd_send, "deliver": cmd_deliver, "metadata": cmd_metadata,
-                "http": cmd_http, "alpn": cmd_alpn, "mxdeliv": cmd_mxdeliv, "wait": cmd_wait}
+                "http": cmd_http, "alpn": cmd_alpn, "mxdeliv": cmd_mxdeliv, "turn": cmd_turn, "wait": cmd_wait}
     result = commands[a.cmd](a)
     print(json.dumps(result))
     return 0

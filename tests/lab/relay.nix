@@ -24,6 +24,7 @@ let
     httpsPort = 8443;
     wwwFiles = "/etc/chatmail/www";
     quotaExpire = "/usr/local/bin/chatmail-quota-expire";
+    turnSecretFile = "/var/lib/chatmail-turn/secret";
     doveauthTokenFile = "/run/doveauth/token";
     mailboxesDir = "/home/vmail/mail/${domain}";
     vmailUser = "vmail";
@@ -42,4 +43,5 @@ in
   pushLua = builtins.readFile (cfg + "/push.lua");
   opendkim = import (cfg + "/opendkim.nix") { inherit settings paths; };
   nginx = import (cfg + "/nginx.nix") { inherit settings paths; };
+  turn = import (cfg + "/turn.nix") { inherit settings paths; };
 }

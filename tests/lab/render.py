@@ -166,3 +166,23 @@ http {{
   }}
 }}
 """
+
+
+# --------------------------------------------------------------------------- coturn
+
+
+def turnserver_conf(turn: dict, secret: str) -> str:
+    """turnserver.conf from config/turn.nix, as NixOS's coturn module writes it: true is a
+    bare flag, false is left out, everything else is key=value, then the extra lines. coturn
+    reads no secret file itself: static-auth-secret-file becomes static-auth-secret with the
+    file's content (the module substitutes it when the service starts)."""
+    lines = []
+    for key in sorted(k for k in turn if k != "extraLines"):
+        value = turn[key]
+        if key == "static-auth-secret-file":
+            lines.append(f"static-auth-secret={secret}")
+        elif value is True:
+            lines.append(key)
+        elif value is not False and value is not None:
+            lines.append(f"{key}={value}")
+    return "\n".join(lines + list(turn.get("extraLines", []))) + "\n"

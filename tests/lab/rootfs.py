@@ -38,6 +38,7 @@ PACKAGES = [
     "iproute2",
     "openssl",
     "netbase",
+    "coturn",
 ]
 VENV = "/opt/chatmaild-venv"
 # So that chatmaild's unit tests also run on Debian 13's Python 3.13 (pgpy 0.6 needs

@@ -55,7 +55,7 @@ def test_device_tokens_are_kept_per_account_through_imap_metadata(client, accoun
     assert r["value"] == "first-device second-device"
 
 
-def test_turn_credentials_follow_the_turn_rest_scheme(client, account):
+def test_turn_credentials_from_metadata_are_accepted_by_coturn(client, account):
     import base64
     import hashlib
     import hmac
@@ -68,7 +68,13 @@ def test_turn_credentials_follow_the_turn_rest_scheme(client, account):
     secret = relay_file("relay1", "/var/lib/chatmail-turn/secret").read_text().strip()
     expected = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
     assert credential == expected
-    print(f"TURN from metadata: {host}:{port}:{username}:<hmac> (valid until {time.ctime(int(username))})")
+    allocated = client("turn", host, username, credential)
+    assert allocated["ok"] and allocated["realm"] == "relay1.test", allocated
+    refused = client("turn", host, username, credential[:-2] + "AA")
+    assert not refused["ok"] and refused["error"] == 401, refused
+    print(f"TURN from metadata: {host}:{port}:{username}:<hmac> (valid until {time.ctime(int(username))}); "
+          f"coturn allocates a relay port ({allocated['relayed_port']}) with it and answers "
+          f"{refused['error']} {refused['reason']} to a wrong one")
 
 
 def test_a_delivery_reaches_the_push_proxy_within_a_second(client, account):

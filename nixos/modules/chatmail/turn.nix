@@ -14,32 +14,28 @@ let
 in
 {
   config = lib.mkIf (cfg.enable && cfg.turn.enable) {
-    services.coturn = {
-      enable = true;
-      realm = cfg.domain;
-      use-auth-secret = true;
-      static-auth-secret-file = secret;
-      listening-port = settings.turn_port;
-      # coturn's defaults, named here because the firewall opens this range.
-      min-port = lib.mkDefault 49152;
-      max-port = lib.mkDefault 65535;
-      # Plain TURN over UDP/TCP only: calls are end-to-end encrypted anyway.
-      no-tls = true;
-      no-dtls = true;
-      no-cli = true;
-      # Relays calls to the internet only, never to this host's or its network's services.
-      extraConfig = ''
-        no-multicast-peers
-        no-loopback-peers
-        denied-peer-ip=0.0.0.0-0.255.255.255
-        denied-peer-ip=10.0.0.0-10.255.255.255
-        denied-peer-ip=100.64.0.0-100.127.255.255
-        denied-peer-ip=127.0.0.0-127.255.255.255
-        denied-peer-ip=169.254.0.0-169.254.255.255
-        denied-peer-ip=172.16.0.0-172.31.255.255
-        denied-peer-ip=192.168.0.0-192.168.255.255
-      '';
-    };
+    services.coturn =
+      let
+        turn = import ./config/turn.nix {
+          inherit settings;
+          paths.turnSecretFile = secret;
+        };
+      in
+      {
+        enable = true;
+        inherit (turn)
+          realm
+          use-auth-secret
+          static-auth-secret-file
+          listening-port
+          no-tls
+          no-dtls
+          no-cli
+          ;
+        min-port = lib.mkDefault turn.min-port;
+        max-port = lib.mkDefault turn.max-port;
+        extraConfig = lib.concatLines turn.extraLines;
+      };
 
     # chatmail-metadata gets the secret as a systemd credential (see config/units.nix).
     services.chatmail.settings.turn_secret_file = "/run/credentials/chatmail-metadata.service/turn-secret";

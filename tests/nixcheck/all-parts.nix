@@ -1,0 +1,23 @@
+{
+  services.chatmail = {
+    enable = true;
+    domain = "chat.example.org";
+    package = {
+      type = "derivation";
+      name = "chatmaild";
+      outPath = "/nix/store/00000000000000000000000000000000-chatmaild";
+      meta.mainProgram = "doveauth";
+    };
+    tls = {
+      mode = "acme";
+      acme = {
+        acceptTerms = true;
+        email = "postmaster@example.org";
+      };
+    };
+    turn.enable = true;
+    iroh.relayUrl = "https://iroh.example.org/";
+    newAccounts = false;
+    settings.disable_ipv6 = true;
+  };
+}
