@@ -302,6 +302,16 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     write(root, paths["quotaExpire"], "#!/bin/sh\n"
           f"PYTHONPATH={CHATMAILD_SRC} PYTHONDONTWRITEBYTECODE=1 exec {rootfs.VENV}/bin/python "
           "-c 'from chatmaild.expire import quota_main; quota_main()' \"$@\"\n", 0o755)
+    # The relay's own resolver (config/unbound.nix). Lab only: no root servers and no trust
+    # anchor here, so .test comes from the lab's DNS host and is not DNSSEC-validated.
+    write(root, UNBOUND_CONF, render.unbound_conf(cfg["unbound"], {
+        "server": {"chroot": '""', "username": '""', "do-daemonize": False, "use-syslog": False,
+                   "logfile": "/var/log/unbound.log", "pidfile": '""', "domain-insecure": '"test"',
+                   # unbound answers .test (RFC 6761) itself unless told not to.
+                   "local-zone": '"test." nodefault'},
+        "stub-zone": {"name": '"test"', "stub-addr": DNS.ip},
+    }))
+    (root / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
     # The TURN REST secret: metadata derives credentials from it, coturn checks them.
     turn_secret = secrets.token_hex(32)
     write(root, paths["turnSecretFile"], turn_secret + "\n", 0o640)
@@ -335,6 +345,7 @@ INI = "/etc/chatmail/chatmail.ini"
 OPENDKIM_CONF = "/etc/chatmail/opendkim.conf"
 NGINX_CONF = "/etc/chatmail/nginx.conf"
 TURN_CONF = "/etc/chatmail/turnserver.conf"
+UNBOUND_CONF = "/etc/chatmail/unbound.conf"
 
 
 def start_daemon(relay: Host, name: str) -> None:
@@ -403,6 +414,8 @@ def start_relay(relay: Host, cfg: dict) -> None:
     run(["mount", "--bind", "-o", "ro", str(CHECKOUT / "python/chatmaild"), str(src)])
     for name in DAEMONS:
         start_daemon(relay, name)
+    host_spawn(relay, ["unbound", "-d", "-c", UNBOUND_CONF], "/var/log/unbound.out")
+    wait_port(relay, "127.0.0.1", 53)
     host_spawn(relay, ["opendkim", "-f", "-l", "-x", OPENDKIM_CONF], "/var/log/opendkim.log")
     host_spawn(relay, ["turnserver", "-c", TURN_CONF, "--log-file=stdout", "--no-stdout-log=false"],
                "/var/log/turnserver.log")

@@ -44,4 +44,5 @@ in
   opendkim = import (cfg + "/opendkim.nix") { inherit settings paths; };
   nginx = import (cfg + "/nginx.nix") { inherit settings paths; };
   turn = import (cfg + "/turn.nix") { inherit settings paths; };
+  unbound = import (cfg + "/unbound.nix") { inherit settings; };
 }

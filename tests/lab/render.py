@@ -186,3 +186,23 @@ def turnserver_conf(turn: dict, secret: str) -> str:
         elif value is not False and value is not None:
             lines.append(f"{key}={value}")
     return "\n".join(lines + list(turn.get("extraLines", []))) + "\n"
+
+
+# --------------------------------------------------------------------------- unbound
+
+
+def unbound_conf(settings: dict, extra: dict[str, dict]) -> str:
+    """unbound.conf from services.unbound.settings data (config/unbound.nix) as NixOS writes
+    it: one clause per top-level key, booleans yes/no, a list as one line per item; `extra`
+    adds lab-only lines to a clause (or new clauses)."""
+    out = []
+    clauses = {k: dict(v) for k, v in settings.items()}
+    for name, lines in extra.items():
+        clauses.setdefault(name, {}).update(lines)
+    for clause, body in clauses.items():
+        out.append(f"{clause}:")
+        for key, value in body.items():
+            for item in value if isinstance(value, list) else [value]:
+                rendered = ("yes" if item else "no") if isinstance(item, bool) else str(item)
+                out.append(f"  {key}: {rendered}")
+    return "\n".join(out) + "\n"
