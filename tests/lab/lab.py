@@ -191,12 +191,12 @@ def make_ca() -> Path:
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.pem"), "-days", "30",
          "-subj", "/CN=chatmail lab CA"], capture=True)
-    for relay in RELAYS:
-        key, csr, crt = (ca / f"{relay.domain}.{ext}" for ext in ("key", "csr", "pem"))
+    for name in [*(r.domain for r in RELAYS), ACME_HOST]:
+        key, csr, crt = (ca / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={relay.domain}"], capture=True)
-        ext = ca / f"{relay.domain}.ext"
-        ext.write_text(f"subjectAltName=DNS:{relay.domain}\nextendedKeyUsage=serverAuth\n")
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"], capture=True)
+        ext = ca / f"{name}.ext"
+        ext.write_text(f"subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n")
         run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca / "ca.pem"), "-CAkey", str(ca / "ca.key"),
              "-CAcreateserial", "-days", "30", "-extfile", str(ext), "-out", str(crt)], capture=True)
     return ca
@@ -226,8 +226,10 @@ def start_dns(dkim: dict[str, str]) -> None:
     root = merged(DNS)
     records = []
     for r in RELAYS:
-        records += [f'local-data: "{r.domain}. A {r.ip}"', f'local-data: "{r.domain}. MX 10 {r.domain}."',
+        records += [f'local-data: "{name}. A {r.ip}"' for name in (r.domain, f"www.{r.domain}", f"mta-sts.{r.domain}")]
+        records += [f'local-data: "{r.domain}. MX 10 {r.domain}."',
                     f"local-data: 'opendkim._domainkey.{r.domain}. TXT {txt(dkim[r.domain])}'"]
+    records.append(f'local-data: "{ACME_HOST}. A {DNS.ip}"')
     conf = "\n".join([
         "server:",
         f"  interface: {DNS.ip}",
@@ -260,8 +262,11 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     write(root, paths["authLua"], cfg["authLua"])
     write(root, paths["pushLua"], cfg["pushLua"])
     write(root, "/etc/dovecot/dovecot.conf", cfg["dovecotConf"])
+    # Until ACME has issued the real certificate, a placeholder from the lab CA (NixOS's
+    # acme-<domain> unit puts a self-signed one there, so the services can start).
     write(root, paths["tlsKey"], (ca / f"{relay.domain}.key").read_text(), 0o600)
     write(root, paths["tlsCert"], (ca / f"{relay.domain}.pem").read_text() + (ca / "ca.pem").read_text())
+    (root / paths["acmeWebroot"].lstrip("/")).mkdir(parents=True, exist_ok=True)
     write(root, "/usr/local/share/ca-certificates/chatmail-lab.crt", (ca / "ca.pem").read_text())
     host_run(relay, ["update-ca-certificates"], capture=True)
     for name, text in cfg["postfix"]["maps"].items():
@@ -297,7 +302,7 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     for name, text in cfg["nginx"]["files"].items():
         write(root, f"{paths['wwwFiles']}/{name}", text)
     write(root, NGINX_CONF, render.nginx_conf(cfg["nginx"], relay.domain, paths["httpsPort"],
-                                              paths["tlsCert"], paths["tlsKey"]))
+                                              paths["tlsCert"], paths["tlsKey"], paths["acmeWebroot"]))
     # Dovecot's quota warning runs this (on NixOS: the package's chatmail-quota-expire).
     write(root, paths["quotaExpire"], "#!/bin/sh\n"
           f"PYTHONPATH={CHATMAILD_SRC} PYTHONDONTWRITEBYTECODE=1 exec {rootfs.VENV}/bin/python "
@@ -346,6 +351,8 @@ OPENDKIM_CONF = "/etc/chatmail/opendkim.conf"
 NGINX_CONF = "/etc/chatmail/nginx.conf"
 TURN_CONF = "/etc/chatmail/turnserver.conf"
 UNBOUND_CONF = "/etc/chatmail/unbound.conf"
+ACME_HOST = "acme.test"
+ACME_DIRECTORY = f"https://{ACME_HOST}:14000/dir"
 
 
 def start_daemon(relay: Host, name: str) -> None:
@@ -407,15 +414,52 @@ def wait_file(relay: Host, path: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def start_relay(relay: Host, cfg: dict) -> None:
+def start_relay_front(relay: Host) -> None:
+    """What ACME needs first: the relay's resolver and its web server (port 80)."""
     root = merged(relay)
     src = root / CHATMAILD_DIR.lstrip("/")
     src.mkdir(parents=True, exist_ok=True)
     run(["mount", "--bind", "-o", "ro", str(CHECKOUT / "python/chatmaild"), str(src)])
-    for name in DAEMONS:
-        start_daemon(relay, name)
     host_spawn(relay, ["unbound", "-d", "-c", UNBOUND_CONF], "/var/log/unbound.out")
     wait_port(relay, "127.0.0.1", 53)
+    host_start(relay, ["nginx", "-c", NGINX_CONF])
+    wait_port(relay, relay.ip, 80)
+
+
+def obtain_certificate(relay: Host, cfg: dict) -> None:
+    """Run lego against the lab's ACME server as NixOS's security.acme runs it (HTTP-01
+    through nginx's webroot), install the result where the services read it, reload nginx."""
+    acme, paths = cfg["acme"], cfg["paths"]
+    names = [acme["domain"], *acme["extraDomainNames"]]
+    cmd = ["env", "LEGO_CA_CERTIFICATES=/usr/local/share/ca-certificates/chatmail-lab.crt",
+           "lego", "--accept-tos", "--path", "/var/lib/acme/.lego", "--server", ACME_DIRECTORY,
+           "--email", f"postmaster@{acme['domain']}", "--key-type", acme["keyType"],
+           "--http", "--http.webroot", acme["webroot"], *[a for n in names for a in ("-d", n)], "run"]
+    host_start(relay, cmd)
+    root = merged(relay)
+    issued = root / "var/lib/acme/.lego/certificates"
+    write(root, paths["tlsCert"], (issued / f"{acme['domain']}.crt").read_text())
+    write(root, paths["tlsKey"], (issued / f"{acme['domain']}.key").read_text(), 0o600)
+    host_start(relay, ["nginx", "-c", NGINX_CONF, "-s", "reload"])
+
+
+def trust_acme_roots(ca: Path) -> None:
+    """The ACME server's root (new each run) becomes trusted by the relays, which verify
+    each other's certificates, and by the lab's clients (the CA file they are given)."""
+    script = ("import ssl,sys,urllib.request; ctx=ssl.create_default_context(cafile=sys.argv[1]); "
+              "sys.stdout.write(urllib.request.urlopen(sys.argv[2], context=ctx).read().decode())")
+    root_pem = run(["ip", "netns", "exec", CLIENT.netns, sys.executable, "-c", script, str(ca / "ca.pem"),
+                    f"https://{ACME_HOST}:15000/roots/0"], capture=True).stdout
+    for relay in RELAYS:
+        write(merged(relay), "/usr/local/share/ca-certificates/chatmail-lab-acme.crt", root_pem)
+        host_run(relay, ["update-ca-certificates"], capture=True)
+    with (ca / "ca.pem").open("a") as f:
+        f.write(root_pem)
+
+
+def start_relay(relay: Host, cfg: dict) -> None:
+    for name in DAEMONS:
+        start_daemon(relay, name)
     host_spawn(relay, ["opendkim", "-f", "-l", "-x", OPENDKIM_CONF], "/var/log/opendkim.log")
     host_spawn(relay, ["turnserver", "-c", TURN_CONF, "--log-file=stdout", "--no-stdout-log=false"],
                "/var/log/turnserver.log")
@@ -423,12 +467,26 @@ def start_relay(relay: Host, cfg: dict) -> None:
     host_start(relay, ["postfix", "check"])
     host_start(relay, ["postfix", "start"])
     host_start(relay, ["dovecot", "-c", "/etc/dovecot/dovecot.conf"])
-    host_start(relay, ["nginx", "-c", NGINX_CONF])
     for name in DAEMONS:
         wait_daemon(relay, cfg, name)
     wait_file(relay, cfg["paths"]["dkimSocket"].removeprefix("local:"))
     for port in (25, 587, 465, 993, 143, 80, 443):
         wait_port(relay, relay.ip, port)
+
+
+def start_acme_server(ca: Path) -> None:
+    """pebble, the ACME test server, on the DNS host: the relays get real ACME certificates."""
+    root = merged(DNS)
+    write(root, "/etc/pebble/cert.pem", (ca / f"{ACME_HOST}.pem").read_text())
+    write(root, "/etc/pebble/key.pem", (ca / f"{ACME_HOST}.key").read_text(), 0o600)
+    write(root, "/etc/pebble/lab.json", json.dumps({"pebble": {
+        "listenAddress": f"{DNS.ip}:14000", "managementListenAddress": f"{DNS.ip}:15000",
+        "certificate": "/etc/pebble/cert.pem", "privateKey": "/etc/pebble/key.pem",
+        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False,
+    }}))
+    host_spawn(DNS, ["pebble", "-config", "/etc/pebble/lab.json", "-dnsserver", f"{DNS.ip}:53"],
+               "/var/log/pebble.log", env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
+    wait_port(DNS, DNS.ip, 14000)
 
 
 # ---------------------------------------------------------------- the push proxy stand-in
@@ -511,11 +569,19 @@ def _bring_up(base: Path) -> None:
     start_dns(dkim)
     log("client: a stand-in for the push notification proxy")
     start_push_proxy()
+    log("dns: pebble, an ACME server")
+    start_acme_server(ca)
+    configs = {}
     for relay in RELAYS:
         log(f"{relay.name}: rendering the NixOS module's configuration for {relay.domain}")
-        cfg = configure_relay(relay, ca)
-        log(f"{relay.name}: starting doveauth, filtermail, Dovecot, Postfix")
-        start_relay(relay, cfg)
+        configs[relay.name] = configure_relay(relay, ca)
+        start_relay_front(relay)
+        log(f"{relay.name}: ACME certificate for {relay.domain} (HTTP-01 through nginx)")
+        obtain_certificate(relay, configs[relay.name])
+    trust_acme_roots(ca)
+    for relay in RELAYS:
+        log(f"{relay.name}: starting chatmaild, OpenDKIM, coturn, Postfix, Dovecot")
+        start_relay(relay, configs[relay.name])
 
 
 def pids_of(host: Host) -> list[int]:

@@ -208,7 +208,9 @@ def cmd_alpn(a) -> dict:
     ctx = tls_context(a.cafile)
     ctx.set_alpn_protocols([a.protocol])
     with socket.create_connection((a.host, 443), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=a.host) as tls:
-        return {"alpn": tls.selected_alpn_protocol(), "greeting": tls.recv(200).decode(errors="replace").splitlines()[0]}
+        issuer = dict(item[0] for item in tls.getpeercert()["issuer"])
+        return {"alpn": tls.selected_alpn_protocol(), "issuer": issuer.get("commonName", ""),
+                "greeting": tls.recv(200).decode(errors="replace").splitlines()[0]}
 
 
 def cmd_mxdeliv(a) -> dict:

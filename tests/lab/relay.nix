@@ -9,8 +9,10 @@ let
   paths = {
     postfixMaps = "/etc/chatmail/postfix";
     postfixQueue = "/var/spool/postfix";
-    tlsCert = "/etc/chatmail/tls/fullchain.pem";
-    tlsKey = "/etc/chatmail/tls/key.pem";
+    # TLS comes from ACME (pebble in the lab), at the paths NixOS's security.acme uses.
+    tlsCert = "/var/lib/acme/${domain}/fullchain.pem";
+    tlsKey = "/var/lib/acme/${domain}/key.pem";
+    acmeWebroot = "/var/lib/acme/acme-challenge";
     authLua = "/etc/chatmail/auth.lua";
     pushLua = "/etc/chatmail/push.lua";
     metadataSocket = "/run/chatmail-metadata/metadata.socket";
@@ -20,7 +22,7 @@ let
     dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
     dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
     dkimSocket = "local:/run/opendkim/opendkim.sock";
-    tlsMode = "external";
+    tlsMode = "acme";
     httpsPort = 8443;
     wwwFiles = "/etc/chatmail/www";
     quotaExpire = "/usr/local/bin/chatmail-quota-expire";
@@ -45,4 +47,5 @@ in
   nginx = import (cfg + "/nginx.nix") { inherit settings paths; };
   turn = import (cfg + "/turn.nix") { inherit settings paths; };
   unbound = import (cfg + "/unbound.nix") { inherit settings; };
+  acme = import (cfg + "/acme.nix") { inherit settings paths; };
 }

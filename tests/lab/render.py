@@ -135,9 +135,10 @@ def nginx_location(name: str, loc: dict) -> str:
     return f"  location {name} {{\n{inner}\n  }}"
 
 
-def nginx_conf(nginx: dict, domain: str, https_port: int, cert: str, key: str) -> str:
+def nginx_conf(nginx: dict, domain: str, https_port: int, cert: str, key: str, acme_webroot: str) -> str:
     """A whole nginx.conf in the shape NixOS gives the relay's site: the port-443 stream
-    split, port 80 redirecting to HTTPS (forceSSL), and the HTTPS vhost on loopback."""
+    split, port 80 answering ACME challenges from the webroot (useACMEHost) and redirecting
+    everything else to HTTPS (forceSSL), and the HTTPS vhost on loopback."""
     names = " ".join([domain, *nginx["serverAliases"]])
     locations = "\n".join(nginx_location(n, loc) for n, loc in sorted(nginx["locations"].items()))
     return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
@@ -154,6 +155,7 @@ http {{
   server {{
     listen 80;
     server_name {names};
+    location /.well-known/acme-challenge/ {{ root {acme_webroot}; }}
     location / {{ return 301 https://$host$request_uri; }}
   }}
   server {{

@@ -52,3 +52,12 @@ def test_mxdeliv_takes_dkim_signed_encrypted_mail_and_refuses_the_rest(client, a
     assert cleartext["status"] == 400 and cleartext["body"].startswith("523"), cleartext
     print(f"POST https://relay2.test/mxdeliv: signed+encrypted {good['status']} {good['body']}; "
           f"unsigned {unsigned['status']} {unsigned['body']}; cleartext {cleartext['status']} {cleartext['body']}")
+
+
+def test_relays_serve_the_certificate_acme_issued_them(client):
+    """The lab's relays take their certificates from ACME (pebble, HTTP-01 through nginx),
+    as NixOS's security.acme does; the other relay and the clients verify them."""
+    for relay in ("relay1.test", "relay2.test"):
+        r = client("alpn", relay, "imap")
+        assert r["issuer"].startswith("Pebble Intermediate CA"), r
+    print(f"relay1.test and relay2.test present certificates issued by {r['issuer']!r}")

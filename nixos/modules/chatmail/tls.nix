@@ -13,10 +13,11 @@ let
   common = import ./common.nix { inherit config lib pkgs; };
   inherit (common) cfg tls;
   domain = cfg.domain;
-  names = [
-    "www.${domain}"
-    "mta-sts.${domain}"
-  ];
+  acme = import ./config/acme.nix {
+    inherit (cfg) settings;
+    paths.acmeWebroot = "/var/lib/acme/acme-challenge";
+  };
+  names = acme.extraDomainNames;
   # Postfix and Dovecot read the key as root; nginx runs as its own user.
   keyGroup = if cfg.nginx.enable then toString config.services.nginx.group else "root";
 in
@@ -26,8 +27,7 @@ in
       security.acme.acceptTerms = lib.mkIf cfg.tls.acme.acceptTerms true;
       security.acme.certs.${domain} = {
         # nginx serves this directory under /.well-known/acme-challenge/ (see nginx.nix).
-        webroot = "/var/lib/acme/acme-challenge";
-        extraDomainNames = names;
+        inherit (acme) webroot extraDomainNames keyType;
         email = lib.mkIf (cfg.tls.acme.email != null) cfg.tls.acme.email;
         group = lib.mkDefault keyGroup;
         reloadServices = [

@@ -11,6 +11,7 @@ adds on top of one SMTP hop. Also prints filtermail's resident memory
 Needs pgpy (a test dependency) to make the encrypted message once.
 
     python bench/bench_filtermail.py --count 500 --concurrency 4
+    python bench/bench_filtermail.py --quick   # 50 messages, a few seconds
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ async def run(args: argparse.Namespace) -> None:
         try:
             await wait_for_port(filter_port, process)
             rss_idle = vm_rss_kib(process.pid)
-            await send_all(filter_port, data, min(50, args.count), args.concurrency)  # warm-up
+            warmup = 10 if args.quick else 50
+            await send_all(filter_port, data, min(warmup, args.count), args.concurrency)  # warm-up
             direct_time, direct = await send_all(postfix_port, data, args.count, args.concurrency)
             filter_time, filtered = await send_all(filter_port, data, args.count, args.concurrency)
             rss_loaded = vm_rss_kib(process.pid)
@@ -178,7 +180,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=500, help="messages per measured run (default 500)")
+    parser.add_argument("--quick", action="store_true", help="a small run (seconds) to check that it works")
+    parser.add_argument("--count", type=int, help="messages per measured run (default 500, quick 50)")
     parser.add_argument("--concurrency", type=int, default=1, help="parallel SMTP connections (default 1)")
     parser.add_argument(
         "--size",
@@ -187,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         help="plaintext bytes per message (default 9000: about 10 KB armored)",
     )
     args = parser.parse_args(argv)
+    if args.count is None:
+        args.count = 50 if args.quick else 500
+    if args.count < 2 or args.concurrency < 1:
+        parser.error("--count must be at least 2 and --concurrency at least 1")
     asyncio.run(run(args))
 
 
