@@ -317,6 +317,7 @@ def configure_relay(relay: Host, ca: Path) -> dict:
         "stub-zone": {"name": '"test"', "stub-addr": DNS.ip},
     }))
     (root / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
+    write(root, cfg["settings"]["appversions_file"], json.dumps(APPVERSIONS, indent=2))
     # The TURN REST secret: metadata derives credentials from it, coturn checks them.
     turn_secret = secrets.token_hex(32)
     write(root, paths["turnSecretFile"], turn_secret + "\n", 0o640)
@@ -495,7 +496,12 @@ PUSH_PORT = 9999
 PUSH_LOG = STATE / "push.jsonl"
 # What the lab's relays use instead of the defaults: pushes go to the stand-in proxy.
 # A small quota, so that tests can fill a mailbox past the quota warning quickly.
-LAB_SETTINGS = {"notification_url": f"http://{CLIENT.ip}:{PUSH_PORT}/notify", "max_mailbox_size": "4M"}
+LAB_SETTINGS = {"notification_url": f"http://{CLIENT.ip}:{PUSH_PORT}/notify", "max_mailbox_size": "4M",
+                "appversions_file": "/etc/chatmail/appversions.json"}
+# An app-version index in the schema Delta Chat clients read (a sample, not real releases).
+APPVERSIONS = {"clients": [{"clientId": "deltachat", "sources": [{
+    "sourceId": "lab", "versionInteger": 1, "versionString": "1.0.0",
+    "downloadUrl": "https://download.delta.chat/lab/example.apk"}]}]}
 
 
 def start_push_proxy(status: int = 200) -> None:

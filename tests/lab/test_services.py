@@ -233,3 +233,11 @@ def test_a_mailbox_crossing_the_quota_warning_loses_its_oldest_mail_not_new_mail
     assert "oldest" not in names, names
     r = labmod.host_run(RELAY1, ["doveadm", "quota", "get", "-u", alice], capture=True)
     print(f"after the quota warning: cur/ holds {names}\n{r.stdout.strip()}")
+
+
+def test_the_app_version_index_is_offered_as_server_metadata(client, account):
+    addr, password = account("relay1.test")
+    r = client("metadata", addr, password, "--key", "/shared/vendor/deltachat/appversions")
+    assert json.loads(r["value"]) == labmod.APPVERSIONS
+    maxrcpt = client("metadata", addr, password, "--key", "/shared/vendor/deltachat/maxsmtprecipients")
+    assert maxrcpt["value"] == "1000"

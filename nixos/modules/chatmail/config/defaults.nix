@@ -31,4 +31,6 @@
   turn_port = 3478;
   # Ours: where the /new account-suggestion service listens for nginx.
   newemail_listen = "127.0.0.1:10091";
+  # Ours: an app-version index (JSON) offered to clients as server metadata; null: none.
+  appversions_file = null;
 }

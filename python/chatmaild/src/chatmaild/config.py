@@ -114,6 +114,8 @@ class Config:
     """The per-relay TURN REST secret, shared with the TURN server (coturn ``use-auth-secret``)."""
     turn_port: int = 3478
     """The UDP port clients are told to reach the TURN server on."""
+    appversions_file: Path | None = None
+    """JSON app-version index offered as ``/shared/vendor/deltachat/appversions`` (unset: not offered)."""
     newemail_listen: str = "127.0.0.1:10091"
     """``HOST:PORT`` of the ``/new`` account-suggestion service that nginx proxies to."""
 
@@ -221,6 +223,7 @@ _SIMPLE: dict[str, _Parser] = {
     "turn_secret_file": _path,
     "turn_port": _port,
     "newemail_listen": _listen,
+    "appversions_file": _path,
 }
 
 # Sizes keep the raw text (Dovecot reads it) and add the value in megabytes.

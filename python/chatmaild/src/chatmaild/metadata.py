@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import appversions
 from .config import Config, ConfigError, read_config
 from .dictproxy import DictProxy
 from .filedict import FileDict
@@ -154,6 +155,7 @@ class MetadataDictProxy(DictProxy):
         self.metadata = metadata
         self.notifier = notifier
         self.turn = turn if turn is not None else TurnCredentials(config.turn_secret_file)
+        self.appversions = appversions.load(config.appversions_file)
 
     async def handle_lookup(self, key: str, user: str) -> str | None:
         match split_key(key):
@@ -172,6 +174,8 @@ class MetadataDictProxy(DictProxy):
                 return f"{self.config.mail_domain}:{self.config.turn_port}:{username}:{password}"
             case ("deltachat", "maxsmtprecipients"):
                 return MAX_SMTP_RECIPIENTS
+            case ("deltachat", "appversions"):
+                return self.appversions
         log.debug("lookup of unknown metadata key %s", key)
         return None
 
