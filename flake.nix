@@ -123,6 +123,8 @@
           # VM tests need KVM: nix build .#checks.x86_64-linux.federation -L
           federation = pkgs.testers.runNixOSTest (import ./tests/vm/federation.nix { inherit self; });
           features = pkgs.testers.runNixOSTest (import ./tests/vm/features.nix { inherit self; });
+          # pebble's ACME server and test client modules come from the nixpkgs tree.
+          tls = pkgs.testers.runNixOSTest (import ./tests/vm/tls.nix { inherit self nixpkgs; });
           # Evaluation only: the Raspberry Pi image's derivation can be instantiated (building
           # it needs an aarch64 builder).
           sd-image-eval = pkgs.writeText "sd-image-drv" (

@@ -1,0 +1,266 @@
+# TLS of one relay with a certificate from ACME: the relay orders it from pebble (the fake
+# ACME server of the NixOS test suite) through security.acme, answering HTTP-01 with nginx
+# on port 80, and Postfix, Dovecot and nginx pick it up. A client then checks every public
+# port against pebble's root:
+#   993 (IMAPS) and 465 (SMTPS)       TLS 1.3, TLS 1.2 refused
+#   143 (IMAP) and 587 (submission)   STARTTLS, TLS 1.3, TLS 1.2 refused
+#   25 (SMTP between relays)          STARTTLS, TLS 1.2 and 1.3, TLS 1.1 refused
+#   443                               ALPN imap -> Dovecot, ALPN smtp -> Postfix, else HTTPS
+#                                     (/new, the MTA-STS policy)
+#   80                                redirect to HTTPS
+#
+# Nodes: acme (pebble; its /etc/hosts maps every certificate name of the other nodes to
+# their address, so no DNS server is needed), relay (relay.test), client.
+#
+#   nix build .#checks.x86_64-linux.tls -L
+{ self, nixpkgs }:
+{ lib, pkgs, ... }:
+let
+  domain = "relay.test";
+  # pebble issues from a root it makes at start; the client fetches it to this file.
+  caFile = "/tmp/pebble-ca.pem";
+
+  # Connects to one port, prints the outcome as JSON, exits 0 when TLS was established
+  # with a certificate valid for the host.
+  tlsProbe =
+    pkgs.writers.writePython3Bin "chatmail-tls-probe"
+      {
+        flakeIgnore = [ "E501" ];
+      }
+      ''
+        """chatmail-tls-probe HOST PORT {imap,smtp} [--starttls] [--alpn NAME] [--min V] [--max V] [--legacy]"""
+
+        import argparse
+        import imaplib
+        import json
+        import smtplib
+        import ssl
+        import sys
+
+        VERSIONS = {
+            "1.1": ssl.TLSVersion.TLSv1_1,
+            "1.2": ssl.TLSVersion.TLSv1_2,
+            "1.3": ssl.TLSVersion.TLSv1_3,
+        }
+
+
+        def make_context(args):
+            ctx = ssl.create_default_context(cafile="${caFile}")
+            if args.legacy:
+                # OpenSSL 3 offers TLS 1.1 only at security level 0; without this the
+                # refusal would come from this client, not from the relay.
+                ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+            if args.min:
+                ctx.minimum_version = VERSIONS[args.min]
+            if args.max:
+                ctx.maximum_version = VERSIONS[args.max]
+            if args.alpn:
+                ctx.set_alpn_protocols([args.alpn])
+            return ctx
+
+
+        def record_session(sock, result):
+            result["version"] = sock.version()
+            result["alpn"] = sock.selected_alpn_protocol()
+            issuer = dict(pair[0] for pair in sock.getpeercert()["issuer"])
+            result["issuer"] = issuer.get("commonName")
+
+
+        def text(value):
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+        def probe_imap(args, ctx, result):
+            if args.starttls:
+                conn = imaplib.IMAP4(args.host, args.port, timeout=30)
+                result["starttls_offered"] = "STARTTLS" in conn.capabilities
+                conn.starttls(ssl_context=ctx)
+            else:
+                conn = imaplib.IMAP4_SSL(args.host, args.port, ssl_context=ctx, timeout=30)
+            result["banner"] = text(conn.welcome)
+            record_session(conn.sock, result)
+            conn.logout()
+
+
+        def probe_smtp(args, ctx, result):
+            if args.starttls:
+                conn = smtplib.SMTP(args.host, args.port, timeout=30)
+                conn.ehlo("client.test")
+                result["starttls_offered"] = conn.has_extn("starttls")
+                conn.starttls(context=ctx)
+            else:
+                conn = smtplib.SMTP_SSL(args.host, args.port, context=ctx, timeout=30)
+            code, answer = conn.ehlo("client.test")
+            result["ehlo"] = [code] + text(answer).splitlines()[:1]
+            record_session(conn.sock, result)
+            conn.quit()
+
+
+        def main():
+            parser = argparse.ArgumentParser()
+            parser.add_argument("host")
+            parser.add_argument("port", type=int)
+            parser.add_argument("proto", choices=["imap", "smtp"])
+            parser.add_argument("--starttls", action="store_true")
+            parser.add_argument("--alpn")
+            parser.add_argument("--min", choices=sorted(VERSIONS))
+            parser.add_argument("--max", choices=sorted(VERSIONS))
+            parser.add_argument("--legacy", action="store_true")
+            args = parser.parse_args()
+            result = {"ok": False}
+            probe = probe_imap if args.proto == "imap" else probe_smtp
+            try:
+                probe(args, make_context(args), result)
+                result["ok"] = True
+            except ssl.SSLCertVerificationError as e:
+                result.update(kind="verify", error=str(e))
+            except ssl.SSLError as e:
+                result.update(kind="tls", reason=e.reason, error=str(e))
+            except (smtplib.SMTPException, imaplib.IMAP4.error) as e:
+                result.update(kind="protocol", error=repr(e))
+            except OSError as e:
+                result.update(kind="network", error=repr(e))
+            print(json.dumps(result))
+            return 0 if result["ok"] else 1
+
+
+        if __name__ == "__main__":
+            sys.exit(main())
+      '';
+in
+{
+  name = "chatmail-tls";
+  meta.timeout = 900;
+
+  nodes = {
+    acme = {
+      imports = [ "${nixpkgs}/nixos/tests/common/acme/server" ];
+    };
+
+    relay = {
+      imports = [
+        self.nixosModules.default
+        # security.acme.defaults.server = pebble, and trust in pebble's web front end.
+        "${nixpkgs}/nixos/tests/common/acme/client"
+      ];
+      # fqdn relay.test: every node's /etc/hosts gets it from the test framework.
+      networking.domain = "test";
+      virtualisation.memorySize = 1024;
+      services.chatmail = {
+        enable = true;
+        inherit domain;
+        tls = {
+          mode = "acme";
+          acme = {
+            acceptTerms = true;
+            email = "postmaster@${domain}";
+          };
+        };
+        # THE TEST NETWORK HAS NO INTERNET: NO ROOT SERVERS, NO TRUST ANCHOR TO FETCH.
+        unbound.enable = false;
+      };
+    };
+
+    client =
+      { nodes, ... }:
+      {
+        # Trust in pebble's web front end, to fetch the issuing root from its management API.
+        security.pki.certificateFiles = [ nodes.acme.test-support.acme.caCert ];
+        environment.systemPackages = [
+          tlsProbe
+          pkgs.curl
+        ];
+      };
+  };
+
+  testScript =
+    { nodes, ... }:
+    ''
+      import json
+
+      DOMAIN = "${domain}"
+      CA = "${caFile}"
+      CA_DOMAIN = "${nodes.acme.test-support.acme.caDomain}"
+      RELAY_IP = "${nodes.relay.networking.primaryIPAddress}"
+
+
+      def probe(port: int, proto: str, *flags: str) -> dict:
+          _, out = client.execute(f"chatmail-tls-probe {DOMAIN} {port} {proto} " + " ".join(flags))
+          return json.loads(out)
+
+
+      def refused(port: int, proto: str, *flags: str) -> None:
+          r = probe(port, proto, *flags)
+          assert not r["ok"], r
+          # The relay's alert, not a certificate or network problem on this side.
+          assert r.get("kind") == "tls" and r.get("reason") == "TLSV1_ALERT_PROTOCOL_VERSION", r
+
+
+      acme.start()
+      acme.wait_for_unit("pebble.service")
+      acme.wait_for_open_port(443)
+
+      relay.start()
+      client.start()
+      for unit in ("dovecot", "postfix", "nginx"):
+          relay.wait_for_unit(f"{unit}.service")
+      for port in (25, 80, 143, 443, 465, 587, 993):
+          relay.wait_for_open_port(port)
+      client.wait_for_unit("multi-user.target")
+
+      with subtest("the certificate is ordered from the ACME server"):
+          # A oneshot: `systemctl start` returns when lego is done and fails if it failed.
+          relay.succeed(f"systemctl start acme-order-renew-{DOMAIN}.service")
+          relay.succeed(f"systemctl show -p Result --value acme-order-renew-{DOMAIN}.service | grep -qx success")
+          client.wait_until_succeeds(f"curl -sf https://{CA_DOMAIN}:15000/roots/0 -o {CA}", timeout=60)
+          # The renewal reloads Postfix, Dovecot and nginx without waiting: until then they
+          # still present the placeholder certificate, which does not verify.
+          client.wait_until_succeeds(f"chatmail-tls-probe {DOMAIN} 993 imap", timeout=120)
+          client.wait_until_succeeds(f"chatmail-tls-probe {DOMAIN} 465 smtp", timeout=120)
+          client.wait_until_succeeds(f"curl -sf --cacert {CA} -o /dev/null https://{DOMAIN}/robots.txt", timeout=120)
+
+      with subtest("993 and 465 offer TLS 1.3 and refuse TLS 1.2"):
+          for port, proto in ((993, "imap"), (465, "smtp")):
+              r = probe(port, proto)
+              assert r["ok"] and r["version"] == "TLSv1.3", r
+              refused(port, proto, "--max", "1.2")
+          assert probe(993, "imap")["banner"].startswith("* OK"), "no IMAP greeting on 993"
+          assert probe(465, "smtp")["ehlo"] == [250, DOMAIN], "no EHLO answer on 465"
+
+      with subtest("143 and 587 offer STARTTLS, then TLS 1.3 only"):
+          for port, proto in ((143, "imap"), (587, "smtp")):
+              r = probe(port, proto, "--starttls")
+              assert r["ok"] and r["starttls_offered"] and r["version"] == "TLSv1.3", r
+              refused(port, proto, "--starttls", "--max", "1.2")
+
+      with subtest("25 offers STARTTLS with TLS 1.2 or newer"):
+          r = probe(25, "smtp", "--starttls")
+          assert r["ok"] and r["starttls_offered"] and r["version"] == "TLSv1.3", r
+          r = probe(25, "smtp", "--starttls", "--max", "1.2")
+          assert r["ok"] and r["version"] == "TLSv1.2", r
+          refused(25, "smtp", "--starttls", "--legacy", "--min", "1.1", "--max", "1.1")
+
+      with subtest("443 with ALPN imap reaches Dovecot, with ALPN smtp reaches Postfix"):
+          r = probe(443, "imap", "--alpn", "imap")
+          assert r["ok"] and r["banner"].startswith("* OK"), r
+          r = probe(443, "smtp", "--alpn", "smtp")
+          assert r["ok"] and r["ehlo"] == [250, DOMAIN], r
+
+      with subtest("https://<domain>/new answers JSON with new credentials"):
+          new = json.loads(client.succeed(f"curl -sf --cacert {CA} -X POST https://{DOMAIN}/new"))
+          assert new["email"].endswith("@" + DOMAIN) and new["password"], new
+          # A browser's GET is handed to the app.
+          client.succeed(f"curl -s --cacert {CA} -D - -o /dev/null https://{DOMAIN}/new | grep -qi '^location: dcaccount:'")
+
+      with subtest("mta-sts.<domain> serves the policy under the same certificate"):
+          policy = client.succeed(
+              f"curl -sf --cacert {CA} --resolve mta-sts.{DOMAIN}:443:{RELAY_IP}"
+              f" https://mta-sts.{DOMAIN}/.well-known/mta-sts.txt"
+          )
+          assert f"mx: {DOMAIN}" in policy, policy
+
+      with subtest("port 80 redirects to HTTPS"):
+          out = client.succeed(f"curl -s -o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{DOMAIN}/new")
+          assert out == f"301 https://{DOMAIN}/new", out
+    '';
+}
