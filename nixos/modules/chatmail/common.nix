@@ -85,12 +85,22 @@ rec {
   opendkim = import ./config/opendkim.nix { inherit settings paths; };
 
   nginx = import ./config/nginx.nix { inherit settings paths; };
-  # The static files nginx serves (autoconfig, MTA-STS policy, robots.txt).
+  # The static files nginx serves (autoconfig, MTA-STS policy, robots.txt, web pages), and
+  # the QR code of the invite the index page shows.
+  qrInvite = pkgs.runCommand "qr-invite.svg" {
+    nativeBuildInputs = [ pkgs.qrencode ];
+  } "qrencode -t SVG -o $out ${lib.escapeShellArg nginx.qrText}";
   wwwFiles = pkgs.linkFarm "chatmail-www" (
     lib.mapAttrsToList (name: text: {
       inherit name;
       path = pkgs.writeText name text;
     }) nginx.files
+    ++ [
+      {
+        name = "qr-invite.svg";
+        path = qrInvite;
+      }
+    ]
   );
 
   unbound = import ./config/unbound.nix { inherit settings; };

@@ -35,7 +35,7 @@ in
         useACMEHost = lib.mkIf acme cfg.domain;
         sslCertificate = lib.mkIf (!acme) tls.cert;
         sslCertificateKey = lib.mkIf (!acme) tls.key;
-        # Nothing else is served; the invite page is the app's business.
+        # Nothing else is served: the locations above are the whole site.
         extraConfig = ''
           location / {
             return 404;

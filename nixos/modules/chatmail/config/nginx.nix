@@ -10,7 +10,10 @@
 #   streamConfig  the `stream { }` body: port 443 split by the client's ALPN list without
 #                 terminating TLS: "smtp" -> submissions (465), "imap" -> IMAPS (993),
 #                 anything else -> the HTTPS site
-#   files         name -> text of the static files (autoconfig, MTA-STS policy, robots.txt)
+#   files         name -> text of the static files (autoconfig, MTA-STS policy, robots.txt,
+#                 and the web pages of ./www.nix)
+#   qrText        the invite the index page shows; whoever serves `files` also puts a QR
+#                 code of it, as SVG, at qr-invite.svg beside them
 #   serverAliases the other names the site answers to
 #   locations     services.nginx.virtualHosts.<domain>.locations
 { settings, paths }:
@@ -50,6 +53,8 @@ let
     max_age: 2419200
   '';
 
+  qrText = "DCACCOUNT:https://${domain}/new";
+
   file = name: type: {
     alias = "${paths.wwwFiles}/${name}";
     extraConfig = ''
@@ -79,8 +84,18 @@ let
         limit_except GET POST { deny all; }
       '';
   };
+  # The index is the answer to "/" itself: the index module would look for a directory.
+  indexPage = {
+    extraConfig = ''
+      root ${paths.wwwFiles};
+      try_files /index.html =404;
+      default_type text/html;
+    '';
+  };
 in
 {
+  inherit qrText;
+
   streamConfig = ''
     map $ssl_preread_alpn_protocols $chatmail_alpn_upstream {
       ~\bsmtp\b 127.0.0.1:465;
@@ -95,7 +110,7 @@ in
     }
   '';
 
-  files = {
+  files = import ./www.nix { inherit settings; } // {
     "config-v1.1.xml" = autoconfig;
     "mta-sts.txt" = mtaSts;
     "robots.txt" = ''
@@ -110,6 +125,10 @@ in
     {
       "= /.well-known/autoconfig/mail/config-v1.1.xml" = file "config-v1.1.xml" "application/xml";
       "= /robots.txt" = file "robots.txt" "text/plain";
+      "= /" = indexPage;
+      "= /info.html" = file "info.html" "text/html";
+      "= /privacy.html" = file "privacy.html" "text/html";
+      "= /qr-invite.svg" = file "qr-invite.svg" "image/svg+xml";
       "= /new" = newAccount;
       # Printed invite codes still carry the old CGI path.
       "= /cgi-bin/newemail.py" = newAccount;
