@@ -1,10 +1,11 @@
 # Two chatmail relays exchange mail: a first login on each creates the accounts, a PGP/MIME
-# message from relay1's user reaches relay2's user, and cleartext is refused with 523.
+# message from relay1's user reaches relay2's user, two Delta Chat cores do a Secure-Join
+# across the relays and write to each other, and cleartext is refused with 523.
 #
 # Nodes: dns (unbound, authoritative for relay1.test and relay2.test: A and MX records),
 # relay1 and relay2 (both from `relay` below, with certificates from a test CA made at
 # build time, which every node trusts so Postfix verifies its peers), client (Python's
-# imaplib/smtplib through chatmail-check).
+# imaplib/smtplib through chatmail-check; Delta Chat through dc-federation).
 #
 #   nix build .#checks.x86_64-linux.federation -L
 { self }:
@@ -13,6 +14,9 @@ let
   alice = "alice0001@relay1.test";
   bob = "bob000001@relay2.test";
   password = "correct-horse-battery";
+  # Delta Chat's accounts, each created by its first login from the core.
+  dcAlice = "dcalice01@relay1.test";
+  dcBob = "dcbob0001@relay2.test";
 
   # A CA and one certificate per relay. THE KEYS END UP IN THE WORLD-READABLE NIX STORE:
   # FINE FOR A THROWAWAY TEST CA, NEVER FOR A REAL RELAY.
@@ -82,6 +86,84 @@ let
   chatmail-check = pkgs.writers.writePython3Bin "chatmail-check" {
     flakeIgnore = [ "E501" ];
   } (builtins.readFile ./chatmail-check.py);
+
+  # Real Delta Chat cores: nixpkgs' deltachat-rpc-client starts pkgs.deltachat-rpc-server
+  # from its store path.
+  dc-federation =
+    pkgs.writers.writePython3Bin "dc-federation"
+      {
+        libraries = [ pkgs.python3Packages.deltachat-rpc-client ];
+      }
+      ''
+    """dc-federation: two Delta Chat cores, one account on each relay.
+
+    Usage: dc-federation INVITER_ADDR JOINER_ADDR PASSWORD
+    Each account is created by its first login. The inviter shows a Secure-Join
+    QR code, the joiner scans it; then each sends the other a message. Prints one
+    JSON object.
+    """
+
+    import json
+    import sys
+    import tempfile
+
+    from deltachat_rpc_client import DeltaChat, Rpc
+
+
+    def transport(addr, password):
+        host = addr.split("@", 1)[1]
+        return {
+            "addr": addr,
+            "password": password,
+            "imapServer": host,
+            "imapPort": 993,
+            "imapSecurity": "ssl",
+            "smtpServer": host,
+            "smtpPort": 465,
+            "smtpSecurity": "ssl",
+            # The cores trust only their own bundled roots, not the test CA.
+            "certificateChecks": "acceptInvalidCertificates",
+        }
+
+
+    def account(dc, addr, password, name):
+        acc = dc.add_account()
+        acc.set_config("displayname", name)
+        acc.add_or_update_transport(transport(addr, password))
+        acc.bring_online()
+        return acc
+
+
+    def exchange(sender, receiver, to_addr, text):
+        chat = sender.get_chat_by_contact(sender.get_contact_by_addr(to_addr))
+        chat.send_text(text)
+        msg = receiver.wait_for_incoming_msg().get_snapshot()
+        return {"text": msg.text, "encrypted": bool(msg.show_padlock)}
+
+
+    def main():
+        inviter_addr, joiner_addr, password = sys.argv[1:4]
+        with tempfile.TemporaryDirectory() as accounts:
+            with Rpc(accounts_dir=accounts) as rpc:
+                dc = DeltaChat(rpc)
+                alice = account(dc, inviter_addr, password, "alice")
+                bob = account(dc, joiner_addr, password, "bob")
+                bob.secure_join(alice.get_qr_code())
+                alice.wait_for_securejoin_inviter_success()
+                bob.wait_for_securejoin_joiner_success()
+                to_alice = exchange(bob, alice, inviter_addr, "hello alice")
+                to_bob = exchange(alice, bob, joiner_addr, "hello bob")
+        json.dump({
+            "securejoin": True,
+            "to_alice": to_alice,
+            "to_bob": to_bob,
+        }, sys.stdout)
+        print()
+
+
+    if __name__ == "__main__":
+        main()
+      '';
 in
 {
   name = "chatmail-federation";
@@ -125,7 +207,11 @@ in
 
     client = {
       imports = [ common ];
-      environment.systemPackages = [ chatmail-check ];
+      virtualisation.memorySize = 1024;
+      environment.systemPackages = [
+        chatmail-check
+        dc-federation
+      ];
     };
   };
 
@@ -169,6 +255,12 @@ in
         inbox = check("inbox", "relay2.test", BOB, PASSWORD)
         assert [m["from"] for m in inbox["messages"]] == [ALICE], inbox
         assert inbox["messages"][0]["content_type"] == "multipart/encrypted", inbox
+
+    with subtest("Delta Chat: Secure-Join across the relays, then messages both ways"):
+        dc = json.loads(client.succeed("dc-federation ${dcAlice} ${dcBob} " + PASSWORD))
+        assert dc["securejoin"], dc
+        assert dc["to_alice"] == {"text": "hello alice", "encrypted": True}, dc
+        assert dc["to_bob"] == {"text": "hello bob", "encrypted": True}, dc
 
     with subtest("relay1 refuses cleartext with 523"):
         refused = check("send", "relay1.test", ALICE, PASSWORD, BOB, "--cleartext")
