@@ -301,6 +301,8 @@ def configure_relay(relay: Host, ca: Path) -> dict:
     # nginx: the port-443 split, /new, /mxdeliv, autoconfig and MTA-STS, as NixOS lays it out.
     for name, text in cfg["nginx"]["files"].items():
         write(root, f"{paths['wwwFiles']}/{name}", text)
+    # The invite QR code, made from the same text as on NixOS (there: qrencode at build time).
+    host_run(relay, ["qrencode", "-t", "SVG", "-o", f"{paths['wwwFiles']}/qr-invite.svg", cfg["nginx"]["qrText"]])
     write(root, NGINX_CONF, render.nginx_conf(cfg["nginx"], relay.domain, paths["httpsPort"],
                                               paths["tlsCert"], paths["tlsKey"], paths["acmeWebroot"]))
     # Dovecot's quota warning runs this (on NixOS: the package's chatmail-quota-expire).

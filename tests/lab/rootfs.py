@@ -39,6 +39,7 @@ PACKAGES = [
     "openssl",
     "netbase",
     "coturn",
+    "qrencode",
 ]
 VENV = "/opt/chatmaild-venv"
 # So that chatmaild's unit tests also run on Debian 13's Python 3.13 (pgpy 0.6 needs

@@ -61,3 +61,14 @@ def test_relays_serve_the_certificate_acme_issued_them(client):
         r = client("alpn", relay, "imap")
         assert r["issuer"].startswith("Pebble Intermediate CA"), r
     print(f"relay1.test and relay2.test present certificates issued by {r['issuer']!r}")
+
+
+def test_the_relays_web_pages_offer_the_invite_and_explain_retention(client):
+    index = client("http", "GET", "https://relay1.test/")
+    assert index["status"] == 200 and "DCACCOUNT:https://relay1.test/new" in index["body"]
+    qr = client("http", "GET", "https://relay1.test/qr-invite.svg")
+    assert qr["status"] == 200 and qr["content_type"].startswith("image/svg+xml") and "<svg" in qr["body"]
+    info = client("http", "GET", "https://relay1.test/info.html")
+    assert info["status"] == 200 and "20" in info["body"]
+    privacy = client("http", "GET", "https://relay1.test/privacy.html")
+    assert privacy["status"] == 200 and "not filled this in" in privacy["body"]
