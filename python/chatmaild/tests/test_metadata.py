@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from helpers_metadata import exchange, run_with_server
 
+from chatmaild import cli as cli_module
 from chatmaild import metadata as metadata_module
 from chatmaild.metadata import (
     TOKEN_VALIDITY_SECONDS,
@@ -232,7 +233,7 @@ def test_help_names_the_default_socket(capsys):
 
 def test_start_fails_when_the_mailboxes_dir_is_missing(make_config, tmp_path, caplog, monkeypatch):
     config = make_config(mailboxes_dir=tmp_path / "absent")
-    monkeypatch.setattr(metadata_module, "setup_logging", lambda verbose: None)
+    monkeypatch.setattr(cli_module, "setup_logging", lambda verbose: None)
     with caplog.at_level(logging.ERROR):
         assert metadata_module.main([str(config.path)]) == 1
     assert "absent" in caplog.text

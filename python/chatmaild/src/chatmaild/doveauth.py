@@ -35,8 +35,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .config import Config, ConfigError, read_config
-from .logsetup import add_verbose_flag, setup_logging
+from .cli import parse_args_and_config, run_daemon
+from .config import Config
+from .logsetup import add_verbose_flag
 from .sha512crypt import hash_password
 from .syslimits import has_sufficient_resources
 
@@ -418,21 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where to write the shared secret clients must send (default: {DEFAULT_TOKEN_FILE})",
     )
     add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args, config = parse_args_and_config(parser, argv)
     try:
-        config = read_config(args.config)
         host, port = parse_listen(args.listen or config.doveauth_listen)
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:
         parser.error(str(exc))
-    try:
-        asyncio.run(serve(config, host, port, args.token_file))
-    except OSError as exc:
-        log.error("doveauth cannot start: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_daemon("doveauth", serve(config, host, port, args.token_file))
 
 
 if __name__ == "__main__":

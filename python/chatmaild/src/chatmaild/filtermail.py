@@ -31,8 +31,9 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from . import dkimcheck, mimecheck
-from .config import Config, ConfigError, read_config
-from .logsetup import add_verbose_flag, setup_logging
+from .cli import parse_args_and_config, run_daemon
+from .config import Config
+from .logsetup import add_verbose_flag
 from .ratelimit import RateLimiter, format_until
 
 log = logging.getLogger(__name__)
@@ -272,20 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "incoming: behind port 25, listens on filtermail_smtp_port_incoming",
     )
     add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        config = read_config(args.config)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    try:
-        asyncio.run(serve(config, args.mode))
-    except OSError as exc:
-        log.error("filtermail %s cannot start: %s", args.mode, exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    args, config = parse_args_and_config(parser, argv)
+    return run_daemon(f"filtermail {args.mode}", serve(config, args.mode))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,14 @@ and the file is touched only when the day changes.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
 
-from .config import Config, ConfigError, read_config
+from .cli import parse_args_and_config, run_daemon
+from .config import Config
 from .dictproxy import DictProxy
-from .logsetup import add_verbose_flag, setup_logging
+from .logsetup import add_verbose_flag
 from .user import User
 
 log = logging.getLogger(__name__)
@@ -109,20 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"unix socket to listen on (default: {DEFAULT_SOCKET})",
     )
     add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        config = read_config(args.config)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    try:
-        asyncio.run(serve(config, args.socket))
-    except OSError as exc:
-        log.error("chatmail-lastlogin cannot start: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    args, config = parse_args_and_config(parser, argv)
+    return run_daemon("chatmail-lastlogin", serve(config, args.socket))
 
 
 if __name__ == "__main__":

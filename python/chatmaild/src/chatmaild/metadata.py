@@ -26,7 +26,6 @@ the account stop costing requests.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -34,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from . import appversions
-from .config import Config, ConfigError, read_config
+from .cli import parse_args_and_config, run_daemon
+from .config import Config
 from .dictproxy import DictProxy
 from .filedict import FileDict
-from .logsetup import add_verbose_flag, setup_logging
+from .logsetup import add_verbose_flag
 from .notifier import Notifier
 from .turn import TurnCredentials
 
@@ -227,23 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"unix socket to listen on (default: {DEFAULT_SOCKET})",
     )
     add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        config = read_config(args.config)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    args, config = parse_args_and_config(parser, argv)
     if not config.mailboxes_dir.is_dir():
         log.error("mailboxes_dir %s does not exist; create it before starting", config.mailboxes_dir)
         return 1
-    try:
-        asyncio.run(serve(config, args.socket))
-    except OSError as exc:
-        log.error("chatmail-metadata cannot start: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_daemon("chatmail-metadata", serve(config, args.socket))
 
 
 if __name__ == "__main__":
