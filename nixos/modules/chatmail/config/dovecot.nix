@@ -24,15 +24,16 @@ let
     builtins.fromJSON number * (if unit == "G" then 1024 else 1);
   quotaMB = sizeMB (toString settings.max_mailbox_size);
   vmail = paths.vmailUser;
-  lua = ''
-      lua_file = ${paths.authLua}
-      use_worker = yes
-      lua_settings {
-        doveauth_url = http://${settings.doveauth_listen}
-        token_file = ${paths.doveauthTokenFile}
-        mail_user = ${paths.vmailUser}
-      }
-  '';
+  # The body of the passdb and userdb blocks, indented as inside them.
+  lua = builtins.concatStringsSep "\n" [
+    "  lua_file = ${paths.authLua}"
+    "  use_worker = yes"
+    "  lua_settings {"
+    "    doveauth_url = http://${settings.doveauth_listen}"
+    "    token_file = ${paths.doveauthTokenFile}"
+    "    mail_user = ${paths.vmailUser}"
+    "  }"
+  ];
 in
 ''
   dovecot_config_version = ${versions.dovecot_config_version}
@@ -57,9 +58,11 @@ in
   auth_mechanisms = plain
   auth_username_chars = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@[]
   passdb lua {
-  ${lua}}
+  ${lua}
+  }
   userdb lua {
-  ${lua}}
+  ${lua}
+  }
   service auth {
     unix_listener ${paths.postfixQueue}/private/auth {
       mode = 0660
