@@ -8,12 +8,54 @@ import argparse
 import asyncio
 import logging
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, read_config
 from .logsetup import setup_logging
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/chatmail/chatmail.ini")
+"""Where the NixOS module puts chatmail.ini; the periodic jobs default to it."""
+
+
+def add_config_argument(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    """The CONFIG argument: required for daemons, optional (DEFAULT_CONFIG) for jobs."""
+    if optional:
+        parser.add_argument(
+            "config",
+            nargs="?",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            metavar="CONFIG",
+            help=f"path of chatmail.ini (default: {DEFAULT_CONFIG})",
+        )
+    else:
+        parser.add_argument("config", type=Path, metavar="CONFIG", help="path of chatmail.ini")
+
+
+def add_socket_arguments(parser: argparse.ArgumentParser, default_socket: Path) -> None:
+    """CONFIG and --socket, for the daemons Dovecot reaches over a unix socket."""
+    add_config_argument(parser)
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=default_socket,
+        metavar="PATH",
+        help=f"unix socket to listen on (default: {default_socket})",
+    )
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0, with an error that quotes the input."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
 
 
 def parse_args_and_config(

@@ -46,13 +46,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from .cli import add_config_argument, non_negative_int
 from .config import Config, ConfigError, read_config
 from .logsetup import setup_logging
 from .user import PASSWORD_FILE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path("/etc/chatmail/chatmail.ini")
 SECONDS_PER_DAY = 86400
 MIB = 1024 * 1024
 
@@ -502,16 +502,6 @@ def format_summary(stats: ExpireStats, *, remove: bool, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
-
-
 def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
     """Entry point of ``chatmail-expire``; ``now`` (Unix time) is for tests."""
     parser = argparse.ArgumentParser(
@@ -521,18 +511,11 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
         "chatmail.ini. Without --remove nothing is deleted: the accounts and (with -v) "
         "files that would go are listed.",
     )
-    parser.add_argument(
-        "config",
-        nargs="?",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        metavar="CONFIG",
-        help=f"path of chatmail.ini (default: {DEFAULT_CONFIG})",
-    )
+    add_config_argument(parser, optional=True)
     parser.add_argument("--remove", action="store_true", help="really delete (default: dry run)")
     parser.add_argument(
         "--days",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="pretend that now is N days earlier (to preview a later run's effect, use a smaller "
@@ -540,13 +523,13 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
     )
     parser.add_argument(
         "--maxnum",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="N",
         help="stop after N accounts (to try the job on part of a large relay)",
     )
     parser.add_argument(
         "--progress-every",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_PROGRESS_EVERY,
         metavar="N",
         help=f"print progress to stderr every N accounts, 0 for never (default: {DEFAULT_PROGRESS_EVERY})",
@@ -588,7 +571,7 @@ def quota_main(argv: list[str] | None = None, *, now: float | None = None) -> in
     )
     parser.add_argument(
         "target_mb",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="TARGET_MB",
         help="size in MiB to trim the mailbox to, e.g. 350 for a 500M quota",
     )

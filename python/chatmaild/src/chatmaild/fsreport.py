@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .cli import add_config_argument, non_negative_int
 from .config import ConfigError, read_config
 from .expire import MESSAGE_DIRS, SECONDS_PER_DAY, iter_mailbox_files, iter_mailboxes
 from .logsetup import setup_logging
 from .user import PASSWORD_FILE
 
-DEFAULT_CONFIG = Path("/etc/chatmail/chatmail.ini")
 DEFAULT_LEGACY_METRICS = Path("/var/www/html/metrics")
 TEXTFILE_NAME = "fsreport.prom"
 CI_PREFIX = "ci-"
@@ -229,16 +229,6 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
-
-
 def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
     """Entry point of ``chatmail-fsreport``; ``now`` (Unix time) is for tests."""
     parser = argparse.ArgumentParser(
@@ -247,20 +237,13 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
         "different sizes under mailboxes_dir, and print a report (optionally also "
         "Prometheus gauges). Reads only file names, sizes and times, never mail content.",
     )
+    add_config_argument(parser, optional=True)
     parser.add_argument(
-        "config",
-        nargs="?",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        metavar="CONFIG",
-        help=f"path of chatmail.ini (default: {DEFAULT_CONFIG})",
-    )
-    parser.add_argument(
-        "--days", type=_non_negative_int, default=0, metavar="N", help="pretend that now is N days earlier"
+        "--days", type=non_negative_int, default=0, metavar="N", help="pretend that now is N days earlier"
     )
     parser.add_argument(
         "--min-login-age",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="DAYS",
         help="count message sizes only for accounts whose last login is at least DAYS days old",
@@ -271,7 +254,7 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
         help="count message sizes only in this maildir subdirectory",
     )
     parser.add_argument(
-        "--maxnum", type=_non_negative_int, metavar="N", help="stop after N account directories"
+        "--maxnum", type=non_negative_int, metavar="N", help="stop after N account directories"
     )
     parser.add_argument(
         "--textfile",
@@ -290,7 +273,7 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
     )
     parser.add_argument(
         "--progress-every",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEFAULT_PROGRESS_EVERY,
         metavar="N",
         help=f"print progress to stderr every N accounts, 0 for never (default: {DEFAULT_PROGRESS_EVERY})",

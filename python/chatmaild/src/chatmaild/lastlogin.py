@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from .cli import parse_args_and_config, run_daemon
+from .cli import add_socket_arguments, parse_args_and_config, run_daemon
 from .config import Config
 from .dictproxy import DictProxy
 from .logsetup import add_verbose_flag
@@ -100,14 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve the dict of Dovecot's last_login plugin: keep the day of each "
         "account's last IMAP login as the mtime of its password file.",
     )
-    parser.add_argument("config", type=Path, metavar="CONFIG", help="path of chatmail.ini")
-    parser.add_argument(
-        "--socket",
-        type=Path,
-        default=DEFAULT_SOCKET,
-        metavar="PATH",
-        help=f"unix socket to listen on (default: {DEFAULT_SOCKET})",
-    )
+    add_socket_arguments(parser, DEFAULT_SOCKET)
     add_verbose_flag(parser)
     args, config = parse_args_and_config(parser, argv)
     return run_daemon("chatmail-lastlogin", serve(config, args.socket))

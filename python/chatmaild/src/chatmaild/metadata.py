@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import appversions
-from .cli import parse_args_and_config, run_daemon
+from .cli import add_socket_arguments, parse_args_and_config, run_daemon
 from .config import Config
 from .dictproxy import DictProxy
 from .filedict import FileDict
@@ -218,14 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve Dovecot's mail_attribute dict for Delta Chat: device tokens, "
         "push notifications, and the relay's iroh, TURN and limit settings.",
     )
-    parser.add_argument("config", type=Path, metavar="CONFIG", help="path of chatmail.ini")
-    parser.add_argument(
-        "--socket",
-        type=Path,
-        default=DEFAULT_SOCKET,
-        metavar="PATH",
-        help=f"unix socket to listen on (default: {DEFAULT_SOCKET})",
-    )
+    add_socket_arguments(parser, DEFAULT_SOCKET)
     add_verbose_flag(parser)
     args, config = parse_args_and_config(parser, argv)
     if not config.mailboxes_dir.is_dir():

@@ -23,18 +23,17 @@ import json
 import logging
 import secrets
 import string
-from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
 
+from .cli import add_config_argument
 from .config import Config, ConfigError, read_config
 from .doveauth import parse_listen
 from .logsetup import add_verbose_flag, setup_logging
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path("/etc/chatmail/chatmail.ini")
 ROUTES = ("/new", "/cgi-bin/newemail.py")
 USERNAME_ALPHABET = string.ascii_lowercase + string.digits
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + string.punctuation
@@ -105,14 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve /new: answer each GET or POST with a fresh random address and password "
         "for this relay, as JSON. Nothing is stored; the account is created on first login.",
     )
-    parser.add_argument(
-        "config",
-        nargs="?",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        metavar="CONFIG",
-        help=f"path of chatmail.ini (default: {DEFAULT_CONFIG})",
-    )
+    add_config_argument(parser, optional=True)
     parser.add_argument(
         "--listen",
         metavar="HOST:PORT",
