@@ -33,17 +33,10 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import percentile, vm_rss_kib
+
 DOMAIN = "bench.example.org"
 START_TIMEOUT_SECONDS = 30.0
-
-
-def vm_rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` in KiB, from /proc/<pid>/status."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fp:
-        for line in fp:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
 
 
 def start_doveauth(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -159,9 +152,8 @@ async def run_phase(
 
 
 def describe(name: str, wall: float, latencies: list[float]) -> str:
-    ordered = sorted(latencies)
-    p50 = statistics.median(ordered) * 1000
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    p50 = statistics.median(latencies) * 1000
+    p99 = percentile(latencies, 0.99) * 1000
     return (
         f"{name:<18} {len(latencies):>6} requests in {wall:6.2f}s = {len(latencies) / wall:8.1f}/s, "
         f"p50 {p50:6.2f} ms, p99 {p99:6.2f} ms"

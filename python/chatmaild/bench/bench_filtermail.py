@@ -32,6 +32,7 @@ from pathlib import Path
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP
+from benchlib import vm_rss_kib
 
 DOMAIN = "bench.example.org"
 SENDER = f"sender@{DOMAIN}"
@@ -81,13 +82,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def vm_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return -1
 
 
 async def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:

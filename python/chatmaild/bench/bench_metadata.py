@@ -44,24 +44,12 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from benchlib import percentile, vm_rss_kib
+
 DOMAIN = "bench.example.org"
 START_TIMEOUT_SECONDS = 30.0
 PUSH_WAIT_SECONDS = 30.0
 DUMMY_HASH = "{SHA512-CRYPT}$6$benchsalt$notarealhash"
-
-
-def vm_rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` in KiB, from /proc/<pid>/status."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fp:
-        for line in fp:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def describe(name: str, wall: float, latencies: list[float]) -> str:

@@ -1,0 +1,18 @@
+"""Measuring helpers the benchmark scripts share (imported from the scripts' own folder)."""
+
+from __future__ import annotations
+
+
+def vm_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` in KiB, from /proc/<pid>/status."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fp:
+        for line in fp:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 < q < 1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
