@@ -144,6 +144,7 @@
                 aiosmtpd
                 aiosmtplib
                 filelock
+                mypy
                 pgpy
                 pytest
               ]

@@ -24,7 +24,7 @@ class AppVersionsError(ValueError):
     """The app-version file does not follow the schema."""
 
 
-def _exact_keys(obj: Any, keys: set[str], where: str) -> dict:
+def _exact_keys(obj: Any, keys: set[str], where: str) -> dict[str, Any]:
     if not isinstance(obj, dict) or set(obj) != keys:
         found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise AppVersionsError(f"{where}: expected an object with exactly {sorted(keys)}, found {found}")

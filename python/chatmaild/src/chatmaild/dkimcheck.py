@@ -260,7 +260,7 @@ class DkimVerifier:
         def from_prefetched(name: bytes, timeout: int = 0) -> bytes | None:
             return keys.get(name.decode("ascii", "replace"))
 
-        failed = []
+        failed: list[_Signature] = []
         for sig in signatures:
             try:
                 if signer.verify(idx=sig.index, dnsfunc=from_prefetched):
