@@ -44,7 +44,7 @@ PACKAGES = [
 VENV = "/opt/chatmaild-venv"
 # So that chatmaild's unit tests also run on Debian 13's Python 3.13 (pgpy 0.6 needs
 # standard-imghdr there), inside a lab relay.
-TEST_PACKAGES = ["pytest", "pgpy", "standard-imghdr", "hypothesis"]
+TEST_PACKAGES = ["pytest", "pgpy", "standard-imghdr", "hypothesis", "mypy"]
 VMAIL_UID = 5000
 HERE = Path(__file__).resolve().parent
 PYPROJECT = HERE.parent.parent / "python" / "chatmaild" / "pyproject.toml"
