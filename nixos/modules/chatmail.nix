@@ -6,6 +6,7 @@
 {
   config,
   lib,
+  pkgs,
   ...
 }:
 let
@@ -17,7 +18,10 @@ let
     ;
 
   cfg = config.services.chatmail;
+  # chatmaild's defaults file, shared with the daemons: every settings default is given there
+  # once, and set below with mkDefault.
   defaults = import ./chatmail/config/defaults.nix;
+  common = import ./chatmail/common.nix { inherit config lib pkgs; };
 
   # A chatmail.ini value: the renderer writes booleans as true/false, lists space-separated,
   # and leaves out null.
@@ -25,18 +29,32 @@ let
     types.oneOf [
       types.bool
       types.int
+      types.float
       types.str
       (types.listOf types.str)
     ]
   );
 
-  # A declared chatmail.ini key whose default comes from config/defaults.nix.
-  mkIniOption =
-    key: type: description:
+  # A declared chatmail.ini key: a type and a description; its default is set once, from the
+  # defaults file, in `config` below.
+  mkIniOption = type: description: mkOption { inherit type description; };
+
+  # chatmail.ini keys the module writes itself, from other options or from its paths
+  # (config/paths-nixos.nix): read-only, so that one fact has one place to set it.
+  mkDerivedOption =
+    default: defaultText: description:
     mkOption {
-      inherit type description;
-      default = defaults.${key};
+      type = types.nullOr types.str;
+      readOnly = true;
+      inherit default description;
+      defaultText = literalExpression defaultText;
     };
+  fromPaths = common.ini.fromPaths;
+
+  # Upstream keys nothing here acts on, that an operator brought across anyway.
+  upstreamOnlyGiven = builtins.filter (key: (cfg.settings.${key} or null) != null) (
+    builtins.attrNames defaults.upstream-only
+  );
 in
 {
   options.services.chatmail = {
@@ -76,43 +94,42 @@ in
       type = types.submodule {
         freeformType = types.attrsOf iniValue;
         options = {
-          mail_domain = mkOption {
-            type = types.nullOr types.str;
-            default = cfg.domain;
-            defaultText = literalExpression "config.services.chatmail.domain";
-            readOnly = true;
-            description = "Set through {option}`services.chatmail.domain`.";
-          };
-          max_message_size = mkIniOption "max_message_size" types.ints.positive "Largest message accepted, in bytes (Postfix `message_size_limit`).";
-          delete_mails_after = mkIniOption "delete_mails_after" types.ints.positive "Days after which mail is deleted from mailboxes.";
-          username_min_length = mkIniOption "username_min_length" types.ints.positive "Shortest local part a new account may have.";
-          username_max_length = mkIniOption "username_max_length" types.ints.positive "Longest local part a new account may have.";
-          password_min_length = mkIniOption "password_min_length" types.ints.positive "Shortest password a new account may have.";
-          filtermail_smtp_port = mkIniOption "filtermail_smtp_port" types.port "Loopback port of the outgoing filter (before-queue proxy of submission).";
-          filtermail_smtp_port_incoming = mkIniOption "filtermail_smtp_port_incoming" types.port "Loopback port of the incoming filter (before-queue proxy of port 25).";
-          postfix_reinject_port = mkIniOption "postfix_reinject_port" types.port "Loopback port where Postfix takes back mail the outgoing filter passed.";
-          postfix_reinject_port_incoming = mkIniOption "postfix_reinject_port_incoming" types.port "Loopback port where Postfix takes back mail the incoming filter passed.";
-          max_smtp_connections = mkIniOption "max_smtp_connections" types.ints.positive "Most simultaneous submission connections per service.";
-          max_imap_connections = mkIniOption "max_imap_connections" types.ints.positive "Most simultaneous IMAP processes.";
-          disable_ipv6 = mkIniOption "disable_ipv6" types.bool "Listen and send on IPv4 only.";
-          doveauth_listen = mkIniOption "doveauth_listen" types.str "Loopback `host:port` where doveauth answers Dovecot's Lua passdb.";
-          delete_large_after = mkIniOption "delete_large_after" types.ints.positive "Days after which large messages are deleted from mailboxes.";
-          delete_inactive_users_after = mkIniOption "delete_inactive_users_after" types.ints.positive "Days without an IMAP login after which an account and its mail are removed.";
-          notification_url = mkIniOption "notification_url" types.str "Push proxy that device tokens are sent to when new mail arrives (the relay never learns which phone a token belongs to).";
-          newemail_listen = mkIniOption "newemail_listen" types.str "Loopback `host:port` of the `/new` account-suggestion service behind nginx.";
-          filtermail_http_port_incoming = mkOption {
-            type = types.port;
-            default = defaults.filtermail_http_port_incoming;
-            description = "Loopback port where the incoming filter takes relay-to-relay deliveries over HTTP (nginx proxies `/mxdeliv` to it).";
-          };
-          turn_port = mkIniOption "turn_port" types.port "UDP/TCP port of the TURN server for calls.";
-          iroh_relay = mkOption {
-            type = types.nullOr types.str;
-            default = cfg.iroh.relayUrl;
-            defaultText = literalExpression "config.services.chatmail.iroh.relayUrl";
-            description = "Set through {option}`services.chatmail.iroh.relayUrl`.";
-          };
-        };
+          mail_domain = mkDerivedOption cfg.domain "config.services.chatmail.domain" "Set through {option}`services.chatmail.domain`.";
+          iroh_relay =
+            mkDerivedOption (if cfg.iroh.relayUrl == null then "" else cfg.iroh.relayUrl)
+              ''if config.services.chatmail.iroh.relayUrl == null then "" else config.services.chatmail.iroh.relayUrl''
+              "Set through {option}`services.chatmail.iroh.relayUrl`; empty: no iroh relay is offered.";
+          max_message_size = mkIniOption types.ints.positive "Largest message accepted, in bytes (Postfix `message_size_limit`).";
+          delete_mails_after = mkIniOption types.ints.positive "Days after which mail is deleted from mailboxes.";
+          username_min_length = mkIniOption types.ints.positive "Shortest local part a new account may have.";
+          username_max_length = mkIniOption types.ints.positive "Longest local part a new account may have.";
+          password_min_length = mkIniOption types.ints.positive "Shortest password a new account may have.";
+          filtermail_smtp_port = mkIniOption types.port "Loopback port of the outgoing filter (before-queue proxy of submission).";
+          filtermail_smtp_port_incoming = mkIniOption types.port "Loopback port of the incoming filter (before-queue proxy of port 25).";
+          postfix_reinject_port = mkIniOption types.port "Loopback port where Postfix takes back mail the outgoing filter passed.";
+          postfix_reinject_port_incoming = mkIniOption types.port "Loopback port where Postfix takes back mail the incoming filter passed.";
+          max_smtp_connections = mkIniOption types.ints.positive "Most simultaneous submission connections per service.";
+          max_imap_connections = mkIniOption types.ints.positive "Most simultaneous IMAP processes.";
+          disable_ipv6 = mkIniOption types.bool "Listen and send on IPv4 only.";
+          doveauth_listen = mkIniOption types.str "Loopback `host:port` where doveauth answers Dovecot's Lua passdb.";
+          delete_large_after = mkIniOption types.ints.positive "Days after which large messages are deleted from mailboxes.";
+          delete_inactive_users_after = mkIniOption types.ints.positive "Days without an IMAP login after which an account and its mail are removed.";
+          notification_url = mkIniOption types.str "Push proxy that device tokens are sent to when new mail arrives (the relay never learns which phone a token belongs to).";
+          newemail_listen = mkIniOption types.str "Loopback `host:port` of the `/new` account-suggestion service behind nginx.";
+          filtermail_http_port_incoming = mkIniOption types.port "Loopback port where the incoming filter takes relay-to-relay deliveries over HTTP (nginx proxies `/mxdeliv` to it).";
+          turn_port = mkIniOption types.port "UDP/TCP port of the TURN server for calls.";
+        }
+        // lib.mapAttrs (
+          key: value:
+          mkDerivedOption value "config/paths-nixos.nix" (
+            "Written by the module from where it puts things (config/paths-nixos.nix)"
+            + {
+              tls_cert_mode = "; set through {option}`services.chatmail.tls.mode`.";
+              turn_secret_file = "; the secret itself is {option}`services.chatmail.turn.secretFile`.";
+              nocreate_file = "; {option}`services.chatmail.newAccounts` = false creates it.";
+            }.${key} or "."
+          )
+        ) fromPaths;
       };
     };
 
@@ -244,7 +261,7 @@ in
     newAccounts = mkOption {
       type = types.bool;
       default = true;
-      description = "Create an account on the first login of a new address. `false` is the kill switch: /etc/chatmail-nocreate exists and only existing accounts can log in.";
+      description = "Create an account on the first login of a new address. `false` is the kill switch: the file {option}`services.chatmail.settings.nocreate_file` exists and only existing accounts can log in.";
     };
 
     journald = {
@@ -267,10 +284,21 @@ in
     };
   };
 
-  # Every chatmaild default is written to chatmail.ini, so the file documents the relay.
-  config = lib.mkIf cfg.enable {
-    services.chatmail.settings = lib.mapAttrs (_: lib.mkDefault) defaults;
-  };
+  config = lib.mkMerge [
+    # Every default, once, from the defaults file: starter values an operator overrides with a
+    # plain assignment. All are written to chatmail.ini, so the file documents the relay.
+    # (iroh_relay is read-only: services.chatmail.iroh.relayUrl sets it.)
+    {
+      services.chatmail.settings = lib.mapAttrs (_: lib.mkDefault) (
+        builtins.removeAttrs defaults.settings [ "iroh_relay" ]
+      );
+    }
+    (lib.mkIf cfg.enable {
+      warnings = map (
+        key: "services.chatmail.settings.${key}: known upstream key, not used by this relay (${defaults.upstream-only.${key}})."
+      ) upstreamOnlyGiven;
+    })
+  ];
 
   imports = [
     ./chatmail/assertions.nix

@@ -19,22 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "nixos/modules/chatmail/config"
 MAX_EXPOSURE = 2.0
 
-# The NixOS values of the paths units.nix reads (nixos/modules/chatmail/common.nix).
-PATHS = {
-    "chatmailIni": "/etc/chatmail/chatmail.ini",
-    "mailboxesDir": "/home/vmail/mail/chat.example.org",
-    "vmailUser": "vmail",
-    "doveauthTokenFile": "/run/doveauth/token",
-    "metadataSocket": "/run/chatmail-metadata/metadata.socket",
-    "lastloginSocket": "/run/chatmail-lastlogin/lastlogin.socket",
-    "turnSecretFile": "/run/credentials/chatmail-metadata.service/turn-secret",
-}
-
 
 def units() -> dict:
+    """The units as NixOS renders them, with the NixOS paths (config/paths-nixos.nix)."""
     expr = (
-        f"import {CONFIG}/units.nix {{ settings = (import {CONFIG}/defaults.nix) // "
-        f'{{ mail_domain = "chat.example.org"; }}; paths = builtins.fromJSON {json.dumps(json.dumps(PATHS))}; '
+        f"import {CONFIG}/units.nix {{ settings = (import {CONFIG}/defaults.nix).settings // "
+        f'{{ mail_domain = "chat.example.org"; }}; '
+        f'paths = import {CONFIG}/paths-nixos.nix {{ domain = "chat.example.org"; }}; '
         f'exe = n: "/run/current-system/sw/bin/${{n}}"; }}'
     )
     out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],

@@ -2,8 +2,8 @@
 # each concern file imports it with its own module arguments.
 #
 # The NixOS side of the contract with the pure files in ./config: `settings` (chatmail.ini
-# keys, defaults merged) and `paths` (where things live on NixOS). The lab calls the same
-# files with its Debian paths (tests/lab/relay.nix).
+# keys, defaults merged) and `paths` (where things live on NixOS, ./config/paths-nixos.nix).
+# The lab calls the same files with its Debian paths (tests/lab/paths.nix, tests/lab/relay.nix).
 {
   config,
   lib,
@@ -16,65 +16,30 @@ in
 rec {
   inherit cfg settings;
 
-  paths = {
-    chatmailIni = "/etc/chatmail/chatmail.ini";
-    postfixMaps = "/etc/chatmail/postfix";
-    # services.postfix sets queue_directory to this; its private/ holds Dovecot's sockets.
-    postfixQueue = "/var/lib/postfix/queue";
+  # Where everything lives: ./config/paths-nixos.nix, from the options that vary.
+  paths = import ./config/paths-nixos.nix {
+    inherit (cfg) domain;
     tlsMode = cfg.tls.mode;
-    tlsCert = tls.cert;
-    tlsKey = tls.key;
+    inherit (cfg.tls) certificateFile keyFile;
+    dkimEnable = cfg.dkim.enable;
+    dkimSelector = cfg.dkim.selector;
+    dkimKeyFile = cfg.dkim.keyFile;
+    dkimKeyPath = config.services.opendkim.keyPath;
+    httpsPort = config.services.nginx.defaultSSLListenPort;
+    turnEnable = cfg.turn.enable;
+    turnSecretFile = cfg.turn.secretFile;
+    exe = lib.getExe' cfg.package;
     authLua = "${./config/auth.lua}";
     pushLua = "${./config/push.lua}";
-    metadataSocket = "/run/chatmail-metadata/metadata.socket";
-    lastloginSocket = "/run/chatmail-lastlogin/lastlogin.socket";
-    quotaExpire = lib.getExe' cfg.package "chatmail-quota-expire";
-    turnSecretFile = if cfg.turn.enable then cfg.turn.secretFile else null;
-    # OpenDKIM: services.opendkim generates <keyPath>/<selector>.private when it is missing.
-    dkimSelector = cfg.dkim.selector;
-    dkimKeyFile =
-      if cfg.dkim.keyFile != null then
-        cfg.dkim.keyFile
-      else
-        "${config.services.opendkim.keyPath}/${cfg.dkim.selector}.private";
-    dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
-    dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
-    # null: nothing is signed, and Postfix gets no milter (./config/postfix.nix).
-    dkimSocket = if cfg.dkim.enable then "local:/run/opendkim/opendkim.sock" else null;
-    # The HTTPS site, behind the port-443 multiplexer.
-    httpsPort = config.services.nginx.defaultSSLListenPort;
     wwwFiles = "${wwwFiles}";
-    mailboxesDir = if settings.mailboxes_dir or null != null then settings.mailboxes_dir else "/home/vmail/mail/${cfg.domain}";
-    vmailUser = "vmail";
-    # services.dovecot2's unit has RuntimeDirectory = dovecot2 and creates these users.
-    dovecotBaseDir = "/run/dovecot2";
-    dovecotInternalUser = "dovecot2";
-    dovecotInternalGroup = "dovecot2";
-    # null: log to stderr, which is the journal.
-    dovecotLogPath = null;
-    doveauthTokenFile = "/run/doveauth/token";
   };
 
-  # Certificate and key for each TLS mode, and the unit that provides them (null: none).
-  tls =
-    {
-      acme = {
-        cert = "/var/lib/acme/${cfg.domain}/fullchain.pem";
-        key = "/var/lib/acme/${cfg.domain}/key.pem";
-        unit = "acme-${cfg.domain}.service";
-      };
-      external = {
-        cert = cfg.tls.certificateFile;
-        key = cfg.tls.keyFile;
-        unit = null;
-      };
-      self-signed = {
-        cert = "/var/lib/chatmail-tls/cert.pem";
-        key = "/var/lib/chatmail-tls/key.pem";
-        unit = "chatmail-tls-selfsigned.service";
-      };
-    }
-    .${cfg.tls.mode};
+  # Certificate and key of the chosen TLS mode, and the unit that provides them (null: none).
+  tls = {
+    cert = paths.tlsCert;
+    key = paths.tlsKey;
+    unit = paths.tlsUnit;
+  };
   tlsUnits = lib.optional (tls.unit != null) tls.unit;
 
   units = import ./config/units.nix {
@@ -105,7 +70,8 @@ rec {
 
   unbound = import ./config/unbound.nix { inherit settings; };
 
-  chatmailIni = pkgs.writeText "chatmail.ini" (import ./config/chatmail-ini.nix { inherit settings; });
+  ini = import ./config/chatmail-ini.nix { inherit settings paths; };
+  chatmailIni = pkgs.writeText "chatmail.ini" ini.text;
 
   postfix = import ./config/postfix.nix { inherit settings paths; };
 

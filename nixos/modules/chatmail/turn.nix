@@ -8,18 +8,15 @@
 }:
 let
   common = import ./common.nix { inherit config lib pkgs; };
-  inherit (common) cfg settings;
-  secret = cfg.turn.secretFile;
+  inherit (common) cfg settings paths;
+  secret = paths.turnSecretFile;
   secretDir = builtins.dirOf secret;
 in
 {
   config = lib.mkIf (cfg.enable && cfg.turn.enable) {
     services.coturn =
       let
-        turn = import ./config/turn.nix {
-          inherit settings;
-          paths.turnSecretFile = secret;
-        };
+        turn = import ./config/turn.nix { inherit settings paths; };
       in
       {
         enable = true;
@@ -37,8 +34,8 @@ in
         extraConfig = lib.concatLines turn.extraLines;
       };
 
-    # chatmail-metadata gets the secret as a systemd credential (see config/units.nix).
-    services.chatmail.settings.turn_secret_file = "/run/credentials/chatmail-metadata.service/turn-secret";
+    # chatmail-metadata gets the secret as a systemd credential (config/units.nix); chatmail.ini's
+    # turn_secret_file names it (config/paths-nixos.nix).
 
     # The secret is made once, readable by coturn's group only.
     systemd.services.chatmail-turn-secret = {

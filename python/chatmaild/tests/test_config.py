@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from chatmaild.config import ConfigError, parse_size_mb, read_config
+from chatmaild.config import ConfigError, key_parsers, load_defaults, parse_size_mb, read_config
 
 
 def write_ini(tmp_path: Path, text: str) -> Path:
@@ -14,12 +14,12 @@ def write_ini(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_file_with_only_mail_domain_gives_upstream_defaults(tmp_path):
+def test_file_with_only_mail_domain_gives_the_defaults_and_an_upstream_layout(tmp_path):
     config = read_config(write_ini(tmp_path, "[params]\nmail_domain = chat.example.org\n"))
     assert config.mail_domain == "chat.example.org"
     assert config.max_user_send_per_minute == 60
     assert config.max_user_send_burst_size == 10
-    assert config.max_mailbox_size == "500M" and config.max_mailbox_size_mb == 500
+    assert config.max_mailbox_size == 500
     assert config.max_message_size == 31457280
     assert config.delete_mails_after == 20
     assert config.delete_large_after == 7
@@ -28,35 +28,64 @@ def test_file_with_only_mail_domain_gives_upstream_defaults(tmp_path):
     assert config.password_min_length == 9
     assert (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming) == (10080, 10081)
     assert (config.postfix_reinject_port, config.postfix_reinject_port_incoming) == (10025, 10026)
-    assert config.mtail_address is None
-    assert config.disable_ipv6 is False
     assert config.max_load_1m == 5.0
-    assert config.min_available_memory_mb == 200
-    assert config.min_free_disk_space_mb == 1024
+    assert config.min_available_memory == 200
+    assert config.min_free_disk_space == 1024
     assert config.mailboxes_dir == Path("/home/vmail/mail/chat.example.org")
     assert config.tls_cert_mode == "acme"
-    assert config.tls_cert_path == "/var/lib/acme/live/chat.example.org/fullchain"
-    assert config.iroh_relay == "https://chat.example.org" and config.enable_iroh_relay
+    assert config.iroh_relay == "", "this relay runs no iroh relay, so none is offered"
+    assert config.turn_secret_file is None and config.appversions_file is None
     assert config.nocreate_file == Path("/etc/chatmail-nocreate")
+    assert config.metadata_socket == Path("/run/chatmail-metadata/metadata.socket")
+    assert config.doveauth_token_file == Path("/run/doveauth/token")
     assert config.doveauth_listen == "127.0.0.1:10090"
     assert config.unused_keys == ()
+
+
+def test_every_key_field_has_a_default_in_the_shared_defaults_file():
+    defaults = load_defaults()
+    derived_when_absent = {"mailboxes_dir", "tls_cert_mode"}
+    for key in key_parsers():
+        assert key in defaults.settings or key in defaults.paths or key in derived_when_absent, key
+    assert not set(defaults.settings) & set(defaults.paths)
+    assert not (set(defaults.settings) | set(defaults.paths)) & set(defaults.upstream_only)
+
+
+def test_defaults_pass_their_own_parsers(tmp_path):
+    defaults = load_defaults()
+    lines = ["[params]", "mail_domain = chat.example.org", "tls_cert_mode = acme", "mailboxes_dir = /m"]
+    for key, value in {**defaults.settings, **defaults.paths}.items():
+        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
+    config = read_config(write_ini(tmp_path, "\n".join(lines) + "\n"))
+    assert config.unused_keys == ()
+    assert config == read_config(write_ini(tmp_path, "[params]\nmail_domain = chat.example.org\n"
+                                                    "tls_cert_mode = acme\nmailboxes_dir = /m\n"))
+
+
+def test_settings_only_the_service_configuration_reads_are_accepted_without_warning(make_config, caplog):
+    with caplog.at_level(logging.WARNING, logger="chatmaild.config"):
+        config = make_config(max_smtp_connections="10", disable_ipv6="true", privacy_mail="dpo@example.org")
+    assert config.unused_keys == ()
+    assert not caplog.records
 
 
 def test_values_are_converted_to_their_types(make_config):
     config = make_config(
         max_message_size="1000",
-        disable_ipv6="TRUE",
-        imap_rawlog="yes",
         max_load_1m="2.5",
         max_mailbox_size="2G",
-        iroh_relay="",
+        iroh_relay="https://iroh.example.org/",
+        appversions_file="",
+        turn_secret_file="/run/credentials/turn-secret",
+        filtermail_smtp_port="2525",
     )
     assert config.max_message_size == 1000
-    assert config.disable_ipv6 is True
-    assert config.imap_rawlog is False, "only 'true' is true"
     assert config.max_load_1m == 2.5
-    assert config.max_mailbox_size_mb == 2048
-    assert config.iroh_relay == "" and not config.enable_iroh_relay
+    assert config.max_mailbox_size == 2048
+    assert config.iroh_relay == "https://iroh.example.org/"
+    assert config.appversions_file is None, "empty means not offered"
+    assert config.turn_secret_file == Path("/run/credentials/turn-secret")
+    assert config.filtermail_smtp_port == 2525
 
 
 @pytest.mark.parametrize(
@@ -69,6 +98,8 @@ def test_values_are_converted_to_their_types(make_config):
         ("min_free_disk_space", "10K"),
         ("tls_external_cert_and_key", "/only/one/path"),
         ("doveauth_listen", "localhost"),
+        ("tls_cert_mode", "self"),
+        ("nocreate_file", ""),
     ],
 )
 def test_invalid_value_error_names_file_key_and_value(make_config, key, value):
@@ -77,6 +108,21 @@ def test_invalid_value_error_names_file_key_and_value(make_config, key, value):
     message = str(excinfo.value)
     assert "chatmail.ini" in message
     assert f"[params] {key} = {value!r}: expected" in message
+
+
+def test_upstream_keys_this_relay_ignores_are_warned_about_by_name(make_config, caplog):
+    with caplog.at_level(logging.WARNING, logger="chatmaild.config"):
+        config = make_config(imap_rawlog="true", mtail_address="127.0.0.1", www_folder="")
+    assert config.unused_keys == ("imap_rawlog", "mtail_address", "www_folder")
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "known upstream keys, not used by this relay: imap_rawlog, mtail_address, www_folder" in warning
+
+
+def test_an_external_certificate_key_beside_an_explicit_mode_is_warned_about(make_config, caplog):
+    with caplog.at_level(logging.WARNING, logger="chatmaild.config"):
+        config = make_config(tls_cert_mode="acme", tls_external_cert_and_key="/c.pem /k.pem")
+    assert config.tls_cert_mode == "acme"
+    assert "not used by this relay: tls_external_cert_and_key" in caplog.text
 
 
 def test_unknown_keys_are_named_in_one_warning(make_config, caplog):
@@ -105,17 +151,15 @@ def test_file_without_params_section_is_an_error(tmp_path):
 
 
 def test_comments_and_percent_signs_are_read_literally(tmp_path):
-    text = "# comment\n; another\n[params]\nmail_domain = chat.example.org\nprivacy_mail = 100% privacy\n"
-    assert read_config(write_ini(tmp_path, text)).privacy_mail == "100% privacy"
+    text = "# comment\n; another\n[params]\nmail_domain = chat.example.org\nnotification_url = https://x/100%\n"
+    assert read_config(write_ini(tmp_path, text)).notification_url == "https://x/100%"
 
 
 def test_ipv4_literal_becomes_bracketed_mail_domain(tmp_path):
     config = read_config(write_ini(tmp_path, "[params]\nmail_domain = 1.3.3.7\n"))
     assert config.mail_domain == "[1.3.3.7]"
-    assert config.mail_domain_bare == "1.3.3.7"
     assert config.ipv4_relay == "1.3.3.7"
-    assert config.postfix_myhostname == "7.3.3.1.in-addr.arpa"
-    assert config.tls_cert_mode == "self"
+    assert config.tls_cert_mode == "self-signed"
     assert config.mailboxes_dir == Path("/home/vmail/mail/1.3.3.7")
 
 
@@ -125,14 +169,15 @@ def test_things_that_are_not_ipv4_stay_domains(tmp_path, domain):
     assert config.mail_domain == domain and config.ipv4_relay is None
 
 
-def test_external_certificate_wins_over_underscore_domain(make_config):
+def test_without_a_mode_an_external_certificate_wins_over_underscore_domain(make_config):
     config = make_config(mail_domain="_test.example", tls_external_cert_and_key="/c.pem  /k.pem")
-    assert (config.tls_cert_mode, config.tls_cert_path, config.tls_key_path) == (
-        "external",
-        "/c.pem",
-        "/k.pem",
-    )
-    assert make_config(mail_domain="_test.example").tls_cert_mode == "self"
+    assert config.tls_cert_mode == "external"
+    assert make_config(mail_domain="_test.example").tls_cert_mode == "self-signed"
+
+
+def test_an_explicit_mode_wins_over_the_shape_of_the_domain(make_config):
+    assert make_config(mail_domain="_test.example", tls_cert_mode="acme").tls_cert_mode == "acme"
+    assert make_config(mail_domain="chat.example.org", tls_cert_mode="self-signed").tls_cert_mode == "self-signed"
 
 
 @pytest.mark.parametrize(

@@ -111,9 +111,10 @@ def test_server_attributes_describe_the_relay(make_config, tmp_path, socket_path
     assert talk(proxy, socket_path, request) == b"Ohttps://example.org/\nO1000\nN\nN\nN\nN\nN\n\n"
 
 
-def test_the_default_iroh_relay_is_the_relay_itself(config, metadata, socket_path):
+def test_with_the_defaults_no_iroh_relay_is_offered(config, metadata, socket_path):
+    # This relay runs no iroh relay: advertising https://<domain> would send clients nowhere.
     reply = talk(make_proxy(config, metadata), socket_path, f"L{SERVER}/irohrelay\t{ADDR}\n".encode())
-    assert reply == b"Ohttps://chat.example.org\n"
+    assert reply == b"N\n"
 
 
 def test_unknown_sets_fail_the_commit_and_are_logged_without_values(
@@ -237,3 +238,9 @@ def test_start_fails_when_the_mailboxes_dir_is_missing(make_config, tmp_path, ca
     with caplog.at_level(logging.ERROR):
         assert metadata_module.main([str(config.path)]) == 1
     assert "absent" in caplog.text
+
+
+def test_without_a_turn_secret_file_no_turn_server_is_offered(config, metadata, socket_path):
+    assert config.turn_secret_file is None
+    proxy = MetadataDictProxy(config, metadata, RecordingNotifier())
+    assert talk(proxy, socket_path, b"Lshared/vendor/deltachat/turn\tu@x\n") == b"N\n"

@@ -66,6 +66,15 @@ def test_ip_relay_gets_a_bracketed_address_and_a_dclogin_url_with_hosts(
     )
 
 
+def test_self_signed_mode_on_an_ordinary_domain_gets_a_dclogin_url(make_config: Callable[..., Config]) -> None:
+    # The NixOS module writes tls_cert_mode from services.chatmail.tls.mode: the domain's
+    # shape must not overrule it.
+    config = make_config(mail_domain="chat.example.org", tls_cert_mode="self-signed")
+
+    assert "ic=3" in new_credentials(config)["dclogin_url"]
+    assert "dclogin_url" not in new_credentials(make_config(tls_cert_mode="acme"))
+
+
 def test_self_signed_domain_gets_a_dclogin_url_that_round_trips(make_config: Callable[..., Config]) -> None:
     config = make_config(mail_domain="_test.example.org")
 

@@ -35,16 +35,26 @@ def add_config_argument(parser: argparse.ArgumentParser, optional: bool = False)
         parser.add_argument("config", type=Path, metavar="CONFIG", help="path of chatmail.ini")
 
 
-def add_socket_arguments(parser: argparse.ArgumentParser, default_socket: Path) -> None:
-    """CONFIG and --socket, for the daemons Dovecot reaches over a unix socket."""
+def add_socket_arguments(
+    parser: argparse.ArgumentParser, default_socket: Path | None = None, config_key: str | None = None
+) -> None:
+    """CONFIG and --socket, for the daemons Dovecot reaches over a unix socket.
+
+    With ``config_key``, the socket defaults to that chatmail.ini key (the NixOS module
+    and the lab write it), so the path is named once; ``default_socket`` is the older,
+    fixed default of daemons that do not read it from chatmail.ini yet.
+    """
     add_config_argument(parser)
+    where = f"{config_key} from CONFIG" if config_key else str(default_socket)
     parser.add_argument(
         "--socket",
         type=Path,
         default=default_socket,
         metavar="PATH",
-        help=f"unix socket to listen on (default: {default_socket})",
+        help=f"unix socket to listen on (default: {where})",
     )
+    if config_key:
+        parser.set_defaults(socket_config_key=config_key)
 
 
 def non_negative_int(text: str) -> int:
@@ -69,6 +79,9 @@ def parse_args_and_config(
         config = read_config(args.config)
     except ConfigError as exc:
         parser.error(str(exc))
+    key = getattr(args, "socket_config_key", None)
+    if key and args.socket is None:
+        args.socket = getattr(config, key)
     return args, config
 
 

@@ -5,17 +5,26 @@ The file keeps the upstream key names, so an operator can bring an existing
 :class:`Config`: every value is converted and checked here, so the daemons
 never see a raw string and a typo fails at start-up with the key, the value
 and the file named, instead of somewhere deep inside a mail transaction.
+
+Each key's parser follows from the type of its :class:`Config` field, and
+each default comes from ``defaults.toml`` beside this module, the file the
+NixOS module reads too. The NixOS module writes every key, so these
+defaults only serve a file brought over from an upstream relay.
 """
 
 from __future__ import annotations
 
 import configparser
 import dataclasses
+import functools
 import ipaddress
 import logging
+import tomllib
+import typing
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from .user import User
 
@@ -49,88 +58,23 @@ def parse_size_mb(text: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """All settings of one relay, converted and derived once."""
+class Defaults:
+    """The contents of ``defaults.toml``: one table per kind of key."""
 
-    path: Path
-    mail_domain: str
-    """The domain used in addresses: the raw value, or ``[ip]`` for an IPv4 relay."""
-    mail_domain_bare: str
-    ipv4_relay: str | None
-    postfix_myhostname: str
+    settings: dict[str, Any]
+    """Defaults of the settings an operator tunes."""
+    paths: dict[str, str]
+    """Where things live on an upstream relay (the module and the lab always write these)."""
+    upstream_only: dict[str, str]
+    """Upstream keys nothing here acts on, each with the reason."""
 
-    max_user_send_per_minute: int = 60
-    max_user_send_burst_size: int = 10
-    max_mailbox_size: str = "500M"
-    max_mailbox_size_mb: int = 500
-    max_message_size: int = 31457280
-    delete_mails_after: int = 20
-    delete_large_after: int = 7
-    delete_inactive_users_after: int = 90
-    username_min_length: int = 9
-    username_max_length: int = 9
-    password_min_length: int = 9
-    www_folder: str = ""
-    filtermail_smtp_port: int = 10080
-    filtermail_smtp_port_incoming: int = 10081
-    filtermail_http_port_incoming: int = 10082
-    filtermail_lmtp_port_transport: int = 10083
-    postfix_reinject_port: int = 10025
-    postfix_reinject_port_incoming: int = 10026
-    mtail_address: str | None = None
-    disable_ipv6: bool = False
-    acme_email: str = ""
-    imap_rawlog: bool = False
-    imap_compress: bool = False
-    turn_socket_path: str = "/run/chatmail-turn/turn.socket"
-    enable_iroh_relay: bool = True
-    iroh_relay: str = ""
-    privacy_postal: str | None = None
-    privacy_mail: str | None = None
-    privacy_pdo: str | None = None
-    privacy_supervisor: str | None = None
-    max_load_1m: float = 5.0
-    min_available_memory: str = "200M"
-    min_available_memory_mb: int = 200
-    min_free_disk_space: str = "1G"
-    min_free_disk_space_mb: int = 1024
-    max_imap_connections: int = 10000
-    max_smtp_connections: int = 1000
-    tls_external_cert_and_key: str = ""
-    tls_cert_mode: str = "acme"
-    tls_cert_path: str = ""
-    tls_key_path: str = ""
-    mailboxes_dir: Path = Path("/home/vmail/mail")
-    passdb_path: Path = Path("/home/vmail/passdb.sqlite")
 
-    # Keys of this project (not upstream).
-    nocreate_file: Path = Path("/etc/chatmail-nocreate")
-    """While this file exists, doveauth creates no new accounts."""
-    doveauth_listen: str = "127.0.0.1:10090"
-    """``HOST:PORT`` where doveauth serves Dovecot's Lua passdb/userdb."""
-    notification_url: str = "https://notifications.delta.chat/notify"
-    """Where the notifier POSTs each device token (the Delta Chat notifications proxy)."""
-    turn_secret_file: Path = Path("/var/lib/chatmail-turn/secret")
-    """The per-relay TURN REST secret, shared with the TURN server (coturn ``use-auth-secret``)."""
-    turn_port: int = 3478
-    """The UDP port clients are told to reach the TURN server on."""
-    appversions_file: Path | None = None
-    """JSON app-version index offered as ``/shared/vendor/deltachat/appversions`` (unset: not offered)."""
-    newemail_listen: str = "127.0.0.1:10091"
-    """``HOST:PORT`` of the ``/new`` account-suggestion service that nginx proxies to."""
-
-    unused_keys: tuple[str, ...] = ()
-    """Keys present in the file that no setting consumes (warned about)."""
-
-    def get_user(self, addr: str) -> User:
-        """Return the :class:`User` stored under ``mailboxes_dir/addr``.
-
-        The address becomes a directory name, so anything that could escape
-        ``mailboxes_dir`` is refused. The domain is *not* checked here.
-        """
-        if not addr or "@" not in addr or "/" in addr:
-            raise ValueError(f"invalid address for a mailbox: {addr!r}")
-        return User(self.mailboxes_dir / addr, addr)
+@functools.cache
+def load_defaults() -> Defaults:
+    """Read ``defaults.toml`` from the installed package (it ships inside it)."""
+    text = resources.files(__package__).joinpath("defaults.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    return Defaults(settings=data["settings"], paths=data["paths"], upstream_only=data["upstream-only"])
 
 
 def _expect(path: Path, key: str, raw: str, what: str) -> ConfigError:
@@ -176,6 +120,10 @@ def _path(path: Path, key: str, raw: str) -> Path:
     return Path(raw)
 
 
+def _optional_path(path: Path, key: str, raw: str) -> Path | None:
+    return Path(raw) if raw else None
+
+
 def _listen(path: Path, key: str, raw: str) -> str:
     host, sep, port = raw.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -183,51 +131,146 @@ def _listen(path: Path, key: str, raw: str) -> str:
     return raw
 
 
+def _megabytes(path: Path, key: str, raw: str) -> int:
+    try:
+        return parse_size_mb(raw)
+    except ValueError:
+        raise _expect(path, key, raw, "a size in megabytes such as 500M or 2G") from None
+
+
+Port = Annotated[int, _port]
+"""A TCP or UDP port, 1 to 65535."""
+Listen = Annotated[str, _listen]
+"""``HOST:PORT`` to listen on."""
+Megabytes = Annotated[int, _megabytes]
+"""A size written as ``500M``, ``2G`` or ``256``, held in megabytes."""
+TlsMode = Literal["acme", "external", "self-signed"]
+"""Where the certificate comes from; ``self-signed`` makes ``/new`` tell clients to accept it."""
+
+
+def _not_a_key() -> Any:
+    """A field derived by :func:`read_config` rather than read from a key of the same name."""
+    return dataclasses.field(metadata={"key": False})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """All settings of one relay, converted and derived once.
+
+    Every field but the few marked ``_not_a_key()`` is the chatmail.ini key of
+    the same name, parsed according to the field's type.
+    """
+
+    path: Path = _not_a_key()
+    mail_domain: str = _not_a_key()
+    """The domain used in addresses: the raw value, or ``[ip]`` for an IPv4 relay."""
+    ipv4_relay: str | None = _not_a_key()
+    """The bare IPv4 address of a relay addressed by IP (``mail_domain = 192.0.2.7``)."""
+
+    max_user_send_per_minute: int
+    max_user_send_burst_size: int
+    max_mailbox_size: Megabytes
+    max_message_size: int
+    delete_mails_after: int
+    delete_large_after: int
+    delete_inactive_users_after: int
+    username_min_length: int
+    username_max_length: int
+    password_min_length: int
+    filtermail_smtp_port: Port
+    filtermail_smtp_port_incoming: Port
+    filtermail_http_port_incoming: Port
+    postfix_reinject_port: Port
+    postfix_reinject_port_incoming: Port
+    max_load_1m: float
+    min_available_memory: Megabytes
+    min_free_disk_space: Megabytes
+    doveauth_listen: Listen
+    """Where doveauth serves Dovecot's Lua passdb/userdb."""
+    newemail_listen: Listen
+    """Where the ``/new`` account-suggestion service listens for nginx."""
+    notification_url: str
+    """Where the notifier POSTs each device token (the Delta Chat notifications proxy)."""
+    turn_port: Port
+    """The port clients are told to reach the TURN server on."""
+    iroh_relay: str
+    """The iroh relay clients are told to use; empty: none offered."""
+    appversions_file: Path | None
+    """JSON app-version index offered as ``/shared/vendor/deltachat/appversions`` (None: not offered)."""
+
+    mailboxes_dir: Path
+    nocreate_file: Path
+    """While this file exists, doveauth creates no new accounts."""
+    metadata_socket: Path
+    lastlogin_socket: Path
+    doveauth_token_file: Path
+    turn_secret_file: Path | None
+    """The TURN REST secret shared with the TURN server (None: no TURN server offered)."""
+    tls_cert_mode: TlsMode
+
+    unused_keys: tuple[str, ...] = dataclasses.field(default=(), metadata={"key": False})
+    """Keys present in the file that no setting consumes (warned about)."""
+
+    def get_user(self, addr: str) -> User:
+        """Return the :class:`User` stored under ``mailboxes_dir/addr``.
+
+        The address becomes a directory name, so anything that could escape
+        ``mailboxes_dir`` is refused. The domain is *not* checked here.
+        """
+        if not addr or "@" not in addr or "/" in addr:
+            raise ValueError(f"invalid address for a mailbox: {addr!r}")
+        return User(self.mailboxes_dir / addr, addr)
+
+
 _Parser = Callable[[Path, str, str], Any]
 
-# Keys whose field has the same name and a plain conversion.
-_SIMPLE: dict[str, _Parser] = {
-    "max_user_send_per_minute": _int,
-    "max_user_send_burst_size": _int,
-    "max_message_size": _int,
-    "delete_mails_after": _int,
-    "delete_large_after": _int,
-    "delete_inactive_users_after": _int,
-    "username_min_length": _int,
-    "username_max_length": _int,
-    "password_min_length": _int,
-    "www_folder": _str,
-    "filtermail_smtp_port": _port,
-    "filtermail_smtp_port_incoming": _port,
-    "filtermail_http_port_incoming": _port,
-    "filtermail_lmtp_port_transport": _port,
-    "postfix_reinject_port": _port,
-    "postfix_reinject_port_incoming": _port,
-    "mtail_address": _str,
-    "disable_ipv6": _bool,
-    "acme_email": _str,
-    "imap_rawlog": _bool,
-    "imap_compress": _bool,
-    "turn_socket_path": _str,
-    "privacy_postal": _str,
-    "privacy_mail": _str,
-    "privacy_pdo": _str,
-    "privacy_supervisor": _str,
-    "max_load_1m": _float,
-    "max_imap_connections": _int,
-    "max_smtp_connections": _int,
-    "passdb_path": _path,
-    "nocreate_file": _path,
-    "doveauth_listen": _listen,
-    "notification_url": _str,
-    "turn_secret_file": _path,
-    "turn_port": _port,
-    "newemail_listen": _listen,
-    "appversions_file": _path,
+_PLAIN: dict[object, _Parser] = {
+    int: _int,
+    float: _float,
+    bool: _bool,
+    str: _str,
+    Path: _path,
+    Path | None: _optional_path,
 }
 
-# Sizes keep the raw text (Dovecot reads it) and add the value in megabytes.
-_SIZES = ("max_mailbox_size", "min_available_memory", "min_free_disk_space")
+
+def _parser_for(hint: object) -> _Parser:
+    """The parser a field's type calls for: the one in its ``Annotated``, a choice for a
+    ``Literal``, else the plain parser of the type."""
+    if typing.get_origin(hint) is Annotated:
+        parser: _Parser = typing.get_args(hint)[1]
+        return parser
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+
+        def choice(path: Path, key: str, raw: str) -> str:
+            if raw not in choices:
+                raise _expect(path, key, raw, "one of " + ", ".join(choices))
+            return raw
+
+        return choice
+    try:
+        return _PLAIN[hint]
+    except KeyError:
+        raise TypeError(f"no chatmail.ini parser for the type {hint!r}") from None
+
+
+@functools.cache
+def key_parsers() -> dict[str, _Parser]:
+    """chatmail.ini key -> parser, for every :class:`Config` field that is a key."""
+    hints = typing.get_type_hints(Config, include_extras=True)
+    return {
+        field.name: _parser_for(hints[field.name])
+        for field in dataclasses.fields(Config)
+        if field.metadata.get("key", True)
+    }
+
+
+def _ini_text(value: object) -> str:
+    """A default from defaults.toml as chatmail.ini spells it, so it passes the same parser."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _read_params(path: Path) -> dict[str, str]:
@@ -251,73 +294,65 @@ def _read_params(path: Path) -> dict[str, str]:
     return {key: value.strip() for key, value in parser.items(SECTION)}
 
 
+def _upstream_tls_mode(path: Path, params: dict[str, str], mail_domain: str, ipv4: str | None) -> str:
+    """Upstream's rule, for a file without ``tls_cert_mode``: an external certificate if
+    ``tls_external_cert_and_key`` names one, self-signed for ``_``-domains and IP relays,
+    else ACME."""
+    external = params.pop("tls_external_cert_and_key", "")
+    if external:
+        if len(external.split()) != 2:
+            raise _expect(path, "tls_external_cert_and_key", external, "two space-separated paths: CERT KEY")
+        return "external"
+    if mail_domain.startswith("_") or ipv4:
+        return "self-signed"
+    return "acme"
+
+
 def read_config(path: str | Path) -> Config:
     """Read and check ``chatmail.ini``; raise :class:`ConfigError` naming the problem."""
     path = Path(path)
     params = _read_params(path)
-    fields: dict[str, Any] = {}
+    defaults = load_defaults()
+    fields: dict[str, Any] = {"path": path}
 
     mail_domain = params.pop("mail_domain", "")
     if not mail_domain:
         raise ConfigError(f"{path}: [params] mail_domain is required, e.g. mail_domain = chat.example.org")
-    fields["mail_domain_bare"] = mail_domain
     try:
         ip = ipaddress.IPv4Address(mail_domain)
     except ValueError:
-        fields.update(mail_domain=mail_domain, ipv4_relay=None, postfix_myhostname=mail_domain)
+        fields.update(mail_domain=mail_domain, ipv4_relay=None)
     else:
-        fields.update(mail_domain=f"[{ip}]", ipv4_relay=str(ip), postfix_myhostname=ip.reverse_pointer)
+        fields.update(mail_domain=f"[{ip}]", ipv4_relay=str(ip))
 
-    for key, parse in _SIMPLE.items():
+    # Keys without a fixed default: upstream derives them from the domain.
+    if "mailboxes_dir" not in params:
+        fields["mailboxes_dir"] = Path("/home/vmail/mail") / mail_domain
+    if "tls_cert_mode" not in params:
+        fields["tls_cert_mode"] = _upstream_tls_mode(path, params, mail_domain, fields["ipv4_relay"])
+
+    fallback = {**defaults.settings, **defaults.paths}
+    for key, parse in key_parsers().items():
         if key in params:
             fields[key] = parse(path, key, params.pop(key))
+        elif key not in fields:
+            fields[key] = parse(path, key, _ini_text(fallback[key]))
 
-    for key in _SIZES:
-        if key in params:
-            raw = params.pop(key)
-            try:
-                fields[f"{key}_mb"] = parse_size_mb(raw)
-            except ValueError:
-                raise _expect(path, key, raw, "a size in megabytes such as 500M or 2G") from None
-            fields[key] = raw
-
-    raw_dir = params.pop("mailboxes_dir", "")
-    fields["mailboxes_dir"] = Path(raw_dir) if raw_dir else Path("/home/vmail/mail") / mail_domain
-
-    if "iroh_relay" in params:
-        fields["iroh_relay"] = params.pop("iroh_relay").strip()
-        fields["enable_iroh_relay"] = False
-    else:
-        fields["iroh_relay"] = f"https://{fields['mail_domain']}"
-        fields["enable_iroh_relay"] = True
-
-    tls_external = params.pop("tls_external_cert_and_key", "")
-    if tls_external:
-        parts = tls_external.split()
-        if len(parts) != 2:
-            raise _expect(
-                path, "tls_external_cert_and_key", tls_external, "two space-separated paths: CERT KEY"
-            )
-        fields.update(tls_cert_mode="external", tls_cert_path=parts[0], tls_key_path=parts[1])
-    elif mail_domain.startswith("_") or fields["ipv4_relay"]:
-        fields.update(
-            tls_cert_mode="self",
-            tls_cert_path="/etc/ssl/certs/mailserver.pem",
-            tls_key_path="/etc/ssl/private/mailserver.key",
-        )
-    else:
-        domain = fields["mail_domain"]
-        fields.update(
-            tls_cert_mode="acme",
-            tls_cert_path=f"/var/lib/acme/live/{domain}/fullchain",
-            tls_key_path=f"/var/lib/acme/live/{domain}/privkey",
-        )
-    fields["tls_external_cert_and_key"] = tls_external
-
-    if fields.get("username_min_length", 9) > fields.get("username_max_length", 9):
+    if fields["username_min_length"] > fields["username_max_length"]:
         raise ConfigError(f"{path}: [params] username_min_length is larger than username_max_length")
 
+    # Settings the service configuration (Postfix, Dovecot, nginx, the web pages) reads.
+    for key in defaults.settings:
+        params.pop(key, None)
     unused = tuple(params)
-    if unused:
-        log.warning("%s: [params] settings that have no effect: %s", path, ", ".join(unused))
-    return Config(path=path, unused_keys=unused, **fields)
+    upstream_only = [key for key in unused if key in defaults.upstream_only]
+    unknown = [key for key in unused if key not in upstream_only]
+    if upstream_only:
+        log.warning(
+            "%s: [params] known upstream keys, not used by this relay: %s",
+            path,
+            ", ".join(upstream_only),
+        )
+    if unknown:
+        log.warning("%s: [params] unknown settings that have no effect: %s", path, ", ".join(unknown))
+    return Config(unused_keys=unused, **fields)

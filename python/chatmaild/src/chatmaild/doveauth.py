@@ -44,7 +44,6 @@ from .syslimits import has_sufficient_resources
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-chatmail-token"
-DEFAULT_TOKEN_FILE = Path("/run/doveauth/token")
 MAX_HEADER_BYTES = 8 * 1024
 MAX_BODY_BYTES = 4 * 1024
 IDLE_TIMEOUT_SECONDS = 60.0
@@ -414,9 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--token-file",
         type=Path,
-        default=DEFAULT_TOKEN_FILE,
         metavar="PATH",
-        help=f"where to write the shared secret clients must send (default: {DEFAULT_TOKEN_FILE})",
+        help="where to write the shared secret clients must send (default: doveauth_token_file from CONFIG)",
     )
     add_verbose_flag(parser)
     args, config = parse_args_and_config(parser, argv)
@@ -424,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_listen(args.listen or config.doveauth_listen)
     except ValueError as exc:
         parser.error(str(exc))
-    return run_daemon("doveauth", serve(config, host, port, args.token_file))
+    return run_daemon("doveauth", serve(config, host, port, args.token_file or config.doveauth_token_file))
 
 
 if __name__ == "__main__":

@@ -352,7 +352,7 @@ class Cutoffs:
             inactive=now - config.delete_inactive_users_after * SECONDS_PER_DAY,
             mails=now - config.delete_mails_after * SECONDS_PER_DAY,
             large=now - config.delete_large_after * SECONDS_PER_DAY,
-            quota_target_bytes=int(config.max_mailbox_size_mb * MIB * QUOTA_TRIM_SHARE),
+            quota_target_bytes=int(config.max_mailbox_size * MIB * QUOTA_TRIM_SHARE),
         )
 
 

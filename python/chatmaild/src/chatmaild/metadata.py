@@ -43,7 +43,6 @@ from .turn import TurnCredentials
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = Path("/run/chatmail-metadata/metadata.socket")
 METADATA_FILE = "metadata.json"
 QUEUE_DIR = "pending_notifications"
 TOKEN_KEY = "devicetoken"
@@ -154,7 +153,9 @@ class MetadataDictProxy(DictProxy):
         self.config = config
         self.metadata = metadata
         self.notifier = notifier
-        self.turn = turn if turn is not None else TurnCredentials(config.turn_secret_file)
+        if turn is None and config.turn_secret_file is not None:
+            turn = TurnCredentials(config.turn_secret_file)
+        self.turn = turn
         self.appversions = appversions.load(config.appversions_file)
 
     async def handle_lookup(self, key: str, user: str) -> str | None:
@@ -167,6 +168,8 @@ class MetadataDictProxy(DictProxy):
             case ("deltachat", "irohrelay"):
                 return self.config.iroh_relay or None
             case ("deltachat", "turn"):
+                if self.turn is None:
+                    return None
                 credentials = self.turn.create()
                 if credentials is None:
                     return None
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve Dovecot's mail_attribute dict for Delta Chat: device tokens, "
         "push notifications, and the relay's iroh, TURN and limit settings.",
     )
-    add_socket_arguments(parser, DEFAULT_SOCKET)
+    add_socket_arguments(parser, config_key="metadata_socket")
     add_verbose_flag(parser)
     args, config = parse_args_and_config(parser, argv)
     if not config.mailboxes_dir.is_dir():

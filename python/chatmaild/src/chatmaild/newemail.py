@@ -72,7 +72,7 @@ def new_credentials(config: Config) -> dict[str, str]:
     password = random_string(PASSWORD_ALPHABET, config.password_min_length + PASSWORD_EXTRA_LENGTH)
     email = f"{username}@{config.mail_domain}"
     answer = {"email": email, "password": password}
-    if config.tls_cert_mode == "self":
+    if config.tls_cert_mode == "self-signed":
         answer["dclogin_url"] = dclogin_url(config, email, password)
     return answer
 

@@ -92,17 +92,17 @@ def has_sufficient_resources(
     except (OSError, ValueError) as exc:
         log.warning("ignoring unreadable system limit: available memory: %s", exc)
     else:
-        if memory < config.min_available_memory_mb:
-            return _reject(f"available memory {memory:.0f}MB < {config.min_available_memory_mb}MB")
+        if memory < config.min_available_memory:
+            return _reject(f"available memory {memory:.0f}MB < {config.min_available_memory}MB")
 
     try:
         disk = free_disk_mb(config.mailboxes_dir, statvfs)
     except OSError as exc:
         log.warning("ignoring unreadable system limit: free disk on %s: %s", config.mailboxes_dir, exc)
     else:
-        if disk < config.min_free_disk_space_mb:
+        if disk < config.min_free_disk_space:
             return _reject(
-                f"free disk {disk:.0f}MB < {config.min_free_disk_space_mb}MB on {config.mailboxes_dir}"
+                f"free disk {disk:.0f}MB < {config.min_free_disk_space}MB on {config.mailboxes_dir}"
             )
 
     return Verdict(True)

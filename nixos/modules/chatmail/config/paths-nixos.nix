@@ -1,0 +1,85 @@
+# Where everything lives on NixOS (builtins only): a pure function of the few inputs that vary
+# between relays. ../common.nix calls it with the module's options; tests/nix/test_sandbox.py
+# calls it with example values. The Debian lab has its own file, tests/lab/paths.nix, with the
+# same keys. The chatmail.ini keys that name paths are written from here (./chatmail-ini.nix).
+{
+  domain,
+  # services.chatmail.tls.mode, and the operator's files with "external".
+  tlsMode ? "acme",
+  certificateFile ? null,
+  keyFile ? null,
+  dkimEnable ? true,
+  dkimSelector ? "opendkim",
+  # null: services.opendkim generates <dkimKeyPath>/<selector>.private when it is missing.
+  dkimKeyFile ? null,
+  dkimKeyPath ? "/var/lib/opendkim/keys",
+  # The HTTPS site's port behind the port-443 multiplexer (services.nginx.defaultSSLListenPort).
+  httpsPort ? 8443,
+  turnEnable ? true,
+  turnSecretFile ? "/var/lib/chatmail-turn/secret",
+  # script name -> absolute path of chatmaild's console script.
+  exe ? (name: "/run/current-system/sw/bin/${name}"),
+  # Store paths made by the module (the Lua scripts and the web pages).
+  authLua ? "${./auth.lua}",
+  pushLua ? "${./push.lua}",
+  wwwFiles ? "/etc/chatmail/www",
+}:
+let
+  tls =
+    {
+      acme = {
+        cert = "/var/lib/acme/${domain}/fullchain.pem";
+        key = "/var/lib/acme/${domain}/key.pem";
+        unit = "acme-${domain}.service";
+      };
+      external = {
+        cert = certificateFile;
+        key = keyFile;
+        unit = null;
+      };
+      self-signed = {
+        cert = "/var/lib/chatmail-tls/cert.pem";
+        key = "/var/lib/chatmail-tls/key.pem";
+        unit = "chatmail-tls-selfsigned.service";
+      };
+    }
+    .${tlsMode};
+in
+{
+  chatmailIni = "/etc/chatmail/chatmail.ini";
+  postfixMaps = "/etc/chatmail/postfix";
+  # services.postfix sets queue_directory to this; its private/ holds Dovecot's sockets.
+  postfixQueue = "/var/lib/postfix/queue";
+  inherit tlsMode authLua pushLua wwwFiles httpsPort;
+  tlsCert = tls.cert;
+  tlsKey = tls.key;
+  # The unit that makes the certificate (null: none, the operator provides it).
+  tlsUnit = tls.unit;
+  # security.acme's HTTP-01 webroot, served by nginx under /.well-known/acme-challenge/.
+  acmeWebroot = "/var/lib/acme/acme-challenge";
+  metadataSocket = "/run/chatmail-metadata/metadata.socket";
+  lastloginSocket = "/run/chatmail-lastlogin/lastlogin.socket";
+  quotaExpire = exe "chatmail-quota-expire";
+  # The TURN secret on disk (coturn reads it; null when TURN is off) ...
+  turnSecretFile = if turnEnable then turnSecretFile else null;
+  # ... and where chatmail-metadata reads it: systemd hands it over as the credential
+  # "turn-secret" (./units.nix, LoadCredential).
+  metadataTurnSecretFile = if turnEnable then "/run/credentials/chatmail-metadata.service/turn-secret" else null;
+  inherit dkimSelector;
+  dkimKeyFile = if dkimKeyFile != null then dkimKeyFile else "${dkimKeyPath}/${dkimSelector}.private";
+  dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
+  dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
+  # null: nothing is signed, and Postfix gets no milter (./postfix.nix).
+  dkimSocket = if dkimEnable then "local:/run/opendkim/opendkim.sock" else null;
+  mailboxesDir = "/home/vmail/mail/${domain}";
+  # While this file exists, doveauth creates no account (services.chatmail.newAccounts = false).
+  nocreateFile = "/etc/chatmail-nocreate";
+  vmailUser = "vmail";
+  # services.dovecot2's unit has RuntimeDirectory = dovecot2 and creates these users.
+  dovecotBaseDir = "/run/dovecot2";
+  dovecotInternalUser = "dovecot2";
+  dovecotInternalGroup = "dovecot2";
+  # null: log to stderr, which is the journal.
+  dovecotLogPath = null;
+  doveauthTokenFile = "/run/doveauth/token";
+}
