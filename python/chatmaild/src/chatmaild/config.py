@@ -118,6 +118,12 @@ class Config:
     """JSON app-version index offered as ``/shared/vendor/deltachat/appversions`` (unset: not offered)."""
     newemail_listen: str = "127.0.0.1:10091"
     """``HOST:PORT`` of the ``/new`` account-suggestion service that nginx proxies to."""
+    blocklist_file: Path = Path("/var/lib/chatmail/blocklist")
+    """Addresses that may never log in or be created again (``chatmail accounts block``)."""
+    dkim_selector: str = "opendkim"
+    """The DKIM selector, for ``chatmail dns`` (the key is ``<selector>._domainkey.<domain>``)."""
+    dkim_key_file: Path = Path("/etc/dkimkeys/opendkim.private")
+    """The DKIM private key, for ``chatmail dns``; the default is an upstream relay's."""
 
     unused_keys: tuple[str, ...] = ()
     """Keys present in the file that no setting consumes (warned about)."""
@@ -224,6 +230,9 @@ _SIMPLE: dict[str, _Parser] = {
     "turn_port": _port,
     "newemail_listen": _listen,
     "appversions_file": _path,
+    "blocklist_file": _path,
+    "dkim_selector": _str,
+    "dkim_key_file": _path,
 }
 
 # Sizes keep the raw text (Dovecot reads it) and add the value in megabytes.
