@@ -248,8 +248,11 @@ def collect_status(
 
     report = collect(config.mailboxes_dir, now=now.timestamp(), progress_every=0)
     disk_free = disk_total = None
+    disk = config.mailboxes_dir
+    while not disk.exists() and disk != disk.parent:
+        disk = disk.parent  # not created yet: the file system it will be on
     try:
-        usage = shutil.disk_usage(config.mailboxes_dir)
+        usage = shutil.disk_usage(disk)
         disk_free, disk_total = usage.free, usage.total
     except OSError as exc:
         log.warning("cannot measure the disk of %s: %s", config.mailboxes_dir, exc)
