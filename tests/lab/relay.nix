@@ -5,7 +5,15 @@
 { domain, settingsJSON ? "{}" }:
 let
   cfg = ../../nixos/modules/chatmail/config;
-  settings = (import (cfg + "/defaults.nix")) // { mail_domain = domain; } // builtins.fromJSON settingsJSON;
+  settings =
+    (import (cfg + "/defaults.nix"))
+    // {
+      mail_domain = domain;
+      # As the NixOS module writes them (daemons.nix), for `chatmail dns`.
+      dkim_selector = paths.dkimSelector;
+      dkim_key_file = paths.dkimKeyFile;
+    }
+    // builtins.fromJSON settingsJSON;
   paths = {
     postfixMaps = "/etc/chatmail/postfix";
     postfixQueue = "/var/spool/postfix";
