@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -107,7 +106,9 @@ def test_delete_asks_at_a_terminal_and_keeps_the_account_on_no(relay: Config) ->
     assert code == 0 and not (relay.mailboxes_dir / ALICE).exists()
 
 
-def test_delete_without_yes_off_a_terminal_is_refused(relay: Config, capsys: pytest.CaptureFixture[str]) -> None:
+def test_delete_without_yes_off_a_terminal_is_refused(
+    relay: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _ = run(relay, "delete", ALICE)
     assert code == 2
     assert "add --yes" in capsys.readouterr().err
@@ -214,8 +215,16 @@ def test_blocklist_is_read_again_after_another_process_changed_it(tmp_path: Path
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["dns"], ["status"], ["accounts"], ["accounts", "list"], ["accounts", "delete"], ["accounts", "block"],
-     ["accounts", "unblock"]],
+    [
+        [],
+        ["dns"],
+        ["status"],
+        ["accounts"],
+        ["accounts", "list"],
+        ["accounts", "delete"],
+        ["accounts", "block"],
+        ["accounts", "unblock"],
+    ],
 )
 def test_every_subcommand_has_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -237,5 +246,7 @@ def test_a_missing_subcommand_and_a_missing_config_are_usage_errors(
 
 def test_config_may_also_follow_the_subcommand(relay: Config) -> None:
     out = io.StringIO()
-    code = admin.main(["accounts", "list", "--count", "--config", str(relay.path)], out=out, syslog_address=None)
+    code = admin.main(
+        ["accounts", "list", "--count", "--config", str(relay.path)], out=out, syslog_address=None
+    )
     assert (code, out.getvalue()) == (0, "2\n")

@@ -135,8 +135,9 @@ def test_mta_sts_id_follows_the_policy_text() -> None:
     assert dnszone.mta_sts_id(policy).isalnum() and len(dnszone.mta_sts_id(policy)) <= 32
 
 
-def test_self_signed_relay_publishes_no_mta_sts_and_no_caa(make_config: Callable[..., Config], tmp_path: Path,
-                                                           rsa_key: rsa.RSAPrivateKey) -> None:
+def test_self_signed_relay_publishes_no_mta_sts_and_no_caa(
+    make_config: Callable[..., Config], tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
     key = tmp_path / "dkim.private"
     key.write_bytes(pem(rsa_key))
     config = make_config(mail_domain="_chat.example.org", dkim_key_file=key)
@@ -146,7 +147,9 @@ def test_self_signed_relay_publishes_no_mta_sts_and_no_caa(make_config: Callable
     assert "_chat.example.org.                       3600 IN MX    10 _chat.example.org." in text
 
 
-def test_caa_names_the_ca_without_an_account_when_none_is_known_and_can_be_left_out(dkim_config: Config) -> None:
+def test_caa_names_the_ca_without_an_account_when_none_is_known_and_can_be_left_out(
+    dkim_config: Config,
+) -> None:
     _, text = run(dkim_config)
     assert rdatas(parse_zone(text), ORIGIN, "CAA") == ['0 issue "letsencrypt.org"']
     _, text = run(dkim_config, "--caa-issuer", "none")
@@ -156,7 +159,9 @@ def test_caa_names_the_ca_without_an_account_when_none_is_known_and_can_be_left_
 def test_acme_account_uri_is_found_in_legos_account_file(tmp_path: Path) -> None:
     account = tmp_path / "accounts" / "abc123" / "acme-v02.api.letsencrypt.org" / "op@example.org"
     account.mkdir(parents=True)
-    (account / "account.json").write_text(json.dumps({"email": "op@example.org", "registration": {"uri": ACCOUNT}}))
+    (account / "account.json").write_text(
+        json.dumps({"email": "op@example.org", "registration": {"uri": ACCOUNT}})
+    )
     assert dnszone.find_acme_account_uri(tmp_path / "accounts") == ACCOUNT
 
 
@@ -220,15 +225,20 @@ def test_missing_dkim_key_is_a_usage_error_naming_the_file(
     assert "absent.private" in capsys.readouterr().err
 
 
-def test_ip_literal_relay_has_no_zone(make_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]) -> None:
+def test_ip_literal_relay_has_no_zone(
+    make_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _ = run(make_config(mail_domain="10.77.0.13"))
     assert code == 2
     assert "IP-literal" in capsys.readouterr().err
 
 
-def test_an_ipv6_address_given_as_ipv4_is_a_usage_error(dkim_config: Config,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    code = admin.main(["--config", str(dkim_config.path), "dns", "--ipv4", "2001:db8::1"], syslog_address=None)
+def test_an_ipv6_address_given_as_ipv4_is_a_usage_error(
+    dkim_config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = admin.main(
+        ["--config", str(dkim_config.path), "dns", "--ipv4", "2001:db8::1"], syslog_address=None
+    )
     assert code == 2
     assert "--ipv4 2001:db8::1: not an IPv4 address" in capsys.readouterr().err
 

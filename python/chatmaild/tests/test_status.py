@@ -20,7 +20,7 @@ from chatmaild import admin, status
 from chatmaild.config import Config
 
 # Real time: `chatmail status` itself (run below) judges the certificate against the clock.
-NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 EXPIRY_EXIT = "Mon 2026-11-30 03:12:01 UTC"
 
 
@@ -48,7 +48,12 @@ class FakeSystem:
         self.units: dict[str, dict[str, str]] = {}
         for name in status.REQUIRED_UNITS + status.OPTIONAL_UNITS:
             sub = "waiting" if name.endswith(".timer") else "running"
-            self.units[name] = {"LoadState": "loaded", "ActiveState": "active", "SubState": sub, "Result": "success"}
+            self.units[name] = {
+                "LoadState": "loaded",
+                "ActiveState": "active",
+                "SubState": sub,
+                "Result": "success",
+            }
         self.units[status.EXPIRY_SERVICE] = {
             "LoadState": "loaded",
             "ActiveState": "inactive",
@@ -57,7 +62,10 @@ class FakeSystem:
             "ExecMainStatus": "0",
             "ExecMainExitTimestamp": EXPIRY_EXIT,
         }
-        self.queue = [{"queue_name": "deferred", "queue_id": "4XyZ1"}, {"queue_name": "active", "queue_id": "4XyZ2"}]
+        self.queue = [
+            {"queue_name": "deferred", "queue_id": "4XyZ1"},
+            {"queue_name": "active", "queue_id": "4XyZ2"},
+        ]
         self.postqueue_error: Exception | None = None
         self.calls: list[list[str]] = []
 
@@ -72,7 +80,9 @@ class FakeSystem:
         properties = argv[2].removeprefix("--property=").split(",")
         blocks = []
         for name in argv[3:]:
-            unit = self.units.get(name, {"LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead"})
+            unit = self.units.get(
+                name, {"LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead"}
+            )
             values = {"Id": name, **unit}
             blocks.append("".join(f"{p}={values.get(p, '')}\n" for p in properties))
         return "\n".join(blocks)
@@ -92,7 +102,9 @@ def relay(make_config: Callable[..., Config], tmp_path: Path) -> Config:
 
 def run(config: Config, system: FakeSystem, *args: str) -> tuple[int, str]:
     out = io.StringIO()
-    code = admin.main(["--config", str(config.path), "status", *args], out=out, runner=system, syslog_address=None)
+    code = admin.main(
+        ["--config", str(config.path), "status", *args], out=out, runner=system, syslog_address=None
+    )
     return code, out.getvalue()
 
 

@@ -58,7 +58,11 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         help=f"path of chatmail.ini (default: {DEFAULT_CONFIG})",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS, help="log debug messages too"
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="log debug messages too",
     )
 
 
@@ -79,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "chatmail.ini and the DKIM key; with --check, look each up through the system resolver.",
     )
     _add_common(dns, top=False)
-    dns.add_argument("--check", action="store_true", help="compare with DNS; exit 1 if a record is missing or wrong")
+    dns.add_argument(
+        "--check", action="store_true", help="compare with DNS; exit 1 if a record is missing or wrong"
+    )
     dns.add_argument(
         "--ipv4", action="append", default=[], metavar="IP", help="an IPv4 address of the relay (repeatable)"
     )
@@ -87,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--ipv6", action="append", default=[], metavar="IP", help="an IPv6 address of the relay (repeatable)"
     )
     dns.add_argument(
-        "--dkim-key", type=Path, metavar="PATH", help="DKIM private key (default: dkim_key_file of chatmail.ini)"
+        "--dkim-key",
+        type=Path,
+        metavar="PATH",
+        help="DKIM private key (default: dkim_key_file of chatmail.ini)",
     )
-    dns.add_argument("--dkim-selector", metavar="NAME", help="DKIM selector (default: dkim_selector, opendkim)")
+    dns.add_argument(
+        "--dkim-selector", metavar="NAME", help="DKIM selector (default: dkim_selector, opendkim)"
+    )
     dns.add_argument(
         "--acme-account-uri",
         metavar="URI",
@@ -142,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(action, top=False)
         action.add_argument("address", metavar="ADDRESS")
         if name != "unblock":
-            action.add_argument("--yes", action="store_true", help="do not ask (required when not on a terminal)")
+            action.add_argument(
+                "--yes", action="store_true", help="do not ask (required when not on a terminal)"
+            )
     return parser
 
 
@@ -175,7 +188,9 @@ def zone_settings(
     dkim_value = dnszone.read_dkim_value(key_file)
 
     acme = config.tls_cert_mode == "acme"
-    issuer = args.caa_issuer if args.caa_issuer is not None else (dnszone.DEFAULT_CAA_ISSUER if acme else None)
+    issuer = (
+        args.caa_issuer if args.caa_issuer is not None else (dnszone.DEFAULT_CAA_ISSUER if acme else None)
+    )
     if issuer == "none":
         issuer = None
     account = args.acme_account_uri
@@ -249,8 +264,7 @@ def cmd_accounts(config: Config, args: argparse.Namespace, out: TextIO, stdin: T
         ]
         width = max((len(row[0]) for row in rows), default=len("address"))
         out.write(f"{'address':<{width}}  {'last login':<10}  mail\n")
-        for addr, day, mail in rows:
-            out.write(f"{addr:<{width}}  {day:<10}  {mail}\n")
+        out.writelines(f"{addr:<{width}}  {day:<10}  {mail}\n" for addr, day, mail in rows)
         return EXIT_OK
 
     addr = args.address

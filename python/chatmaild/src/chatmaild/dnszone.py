@@ -33,8 +33,8 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.resolver
 import dns.rdtypes.ANY.TXT
+import dns.resolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
@@ -229,13 +229,14 @@ def render_zone(records: Sequence[Record], domain: str, dkim_value: str | None =
             section = record.section
             lines += ["", f"; {section}"]
         lines.append(f"{record.name:<40} {TTL} IN {record.rtype:<5} {record.value}")
-        if record.rtype == "TXT" and dkim_value and record.value == quote_txt(dkim_value):
-            if len(dkim_value) > TXT_STRING_BYTES:
-                lines.append(f"; the same DKIM value as one string, for web forms that split it: {dkim_value}")
+        split = dkim_value is not None and len(dkim_value) > TXT_STRING_BYTES
+        if split and record.rtype == "TXT" and record.value == quote_txt(dkim_value or ""):
+            lines.append(f"; the same DKIM value as one string, for web forms that split it: {dkim_value}")
     return "\n".join(lines) + "\n"
 
 
 # --- the host's facts ------------------------------------------------------
+
 
 def host_addresses(runner: Runner = run_command) -> tuple[list[str], list[str]]:
     """The host's global IPv4 and IPv6 addresses (from ``ip -j address show``).

@@ -221,7 +221,7 @@ def collect_status(
     cert_path: Path | None = None,
 ) -> Status:
     """Gather everything; a source that fails is reported, not raised."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     units: list[UnitState] = []
     unit_error = None
     expiry = None
@@ -310,7 +310,10 @@ def format_status(status: Status) -> str:
     def fact(name: str, value: str) -> None:
         lines.append(f"{name + ':':<22}{value}")
 
-    fact("mail queue", f"{status.queue} messages" if status.queue is not None else f"unknown ({status.queue_error})")
+    fact(
+        "mail queue",
+        f"{status.queue} messages" if status.queue is not None else f"unknown ({status.queue_error})",
+    )
     if status.cert_days is not None:
         fact("certificate", f"expires in {status.cert_days} days ({status.cert_path})")
     else:
@@ -319,7 +322,9 @@ def format_status(status: Status) -> str:
     fact("mail stored", human_size(status.mail_bytes) + "B")
     if status.disk_free is not None and status.disk_total:
         share = 100 * status.disk_free / status.disk_total
-        fact("disk free", f"{human_size(status.disk_free)}B of {human_size(status.disk_total)}B ({share:.0f}%)")
+        fact(
+            "disk free", f"{human_size(status.disk_free)}B of {human_size(status.disk_total)}B ({share:.0f}%)"
+        )
     else:
         fact("disk free", "unknown")
     fact("new accounts", "on" if status.new_accounts else "off (the nocreate file exists)")
@@ -328,7 +333,10 @@ def format_status(status: Status) -> str:
     elif not status.expiry.finished:
         fact("last expiry run", "not since boot")
     else:
-        fact("last expiry run", f"{status.expiry.finished}, {status.expiry.result} (exit {status.expiry.exit_status})")
+        fact(
+            "last expiry run",
+            f"{status.expiry.finished}, {status.expiry.result} (exit {status.expiry.exit_status})",
+        )
 
     problems = status.problems()
     lines.append("")
