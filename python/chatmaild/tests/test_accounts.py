@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -250,3 +251,23 @@ def test_config_may_also_follow_the_subcommand(relay: Config) -> None:
         ["accounts", "list", "--count", "--config", str(relay.path)], out=out, syslog_address=None
     )
     assert (code, out.getvalue()) == (0, "2\n")
+
+
+def test_account_changes_reach_the_system_log_without_private_data(relay: Config, tmp_path: Path) -> None:
+    log_socket = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(str(log_socket))
+        syslog.settimeout(5)
+        code = admin.main(
+            ["--config", str(relay.path), "accounts", "block", ALICE, "--yes"],
+            out=io.StringIO(),
+            syslog_address=str(log_socket),
+        )
+        assert code == 0
+        received = [syslog.recv(4096).decode() for _ in range(2)]
+    # "<14>" is facility user, priority info (RFC 3164).
+    assert received == [
+        f"<14>chatmail: blocked address {ALICE}\x00",
+        f"<14>chatmail: deleted account {ALICE} (4 files)\x00",
+    ]
+    assert not any(HASH in message for message in received)

@@ -306,3 +306,13 @@ def test_a_failed_lookup_counts_as_a_problem_and_says_so(dkim_config: Config) ->
     assert code == 1
     row = next(line for line in table.splitlines() if line.startswith(f"{ORIGIN} MX"))
     assert "lookup failed: SERVFAIL" in row and row.endswith("FAILED")
+
+
+def test_check_reports_a_stale_address_beside_the_right_one_as_wrong(dkim_config: Config) -> None:
+    _, text = run(dkim_config)
+    published = text + f"{ORIGIN} 3600 IN A 198.51.100.99\n"
+    code, table = run(dkim_config, "--check", resolve=zone_resolver(published))
+    assert code == 1
+    row = next(line for line in table.splitlines() if line.startswith(f"{ORIGIN} A "))
+    assert "198.51.100.99" in row and row.endswith("WRONG")
+    assert "1 of 16 records missing or wrong:" in table

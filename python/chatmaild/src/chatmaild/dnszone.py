@@ -345,13 +345,18 @@ def _comparable(rtype: str, text: str) -> object:
     return rdata
 
 
-def check_zone(records: Sequence[Record], resolve: Resolve) -> list[CheckRow]:
-    """Look up every record; a record is ok if one of the answers equals it.
+EXCLUSIVE_TYPES = frozenset({"A", "AAAA", "MX", "CNAME", "SRV", "CAA"})
+"""Types where an answer the zone does not have is itself wrong: a stale address or MX sends
+mail elsewhere, another CAA lets another CA issue. Other TXT records beside SPF are normal."""
 
-    Other answers at the same name and type (a second TXT for site
-    verification, a second address) are shown but not counted as errors.
-    """
+
+def check_zone(records: Sequence[Record], resolve: Resolve) -> list[CheckRow]:
+    """Look up every record; a record is ok if one of the answers equals it and, for the
+    :data:`EXCLUSIVE_TYPES`, no answer at that name and type is foreign to the zone."""
     answers: dict[tuple[str, str], tuple[str, ...] | LookupFailed] = {}
+    wanted: dict[tuple[str, str], list[object]] = {}
+    for record in records:
+        wanted.setdefault((record.name, record.rtype), []).append(_comparable(record.rtype, record.value))
     rows = []
     for record in records:
         key = (record.name, record.rtype)
@@ -364,13 +369,15 @@ def check_zone(records: Sequence[Record], resolve: Resolve) -> list[CheckRow]:
         if isinstance(found, LookupFailed):
             rows.append(CheckRow(record, (f"(lookup failed: {found})",), False, failed=True))
             continue
-        expected = _comparable(record.rtype, record.value)
-        ok = False
+        values = []
         for text in found:
             try:
-                ok = ok or _comparable(record.rtype, text) == expected
+                values.append(_comparable(record.rtype, text))
             except dns.exception.DNSException:
-                continue
+                values.append(text)  # unparsable: equals nothing expected
+        ok = _comparable(record.rtype, record.value) in values
+        if record.rtype in EXCLUSIVE_TYPES:
+            ok = ok and all(value in wanted[key] for value in values)
         rows.append(CheckRow(record, found, ok))
     return rows
 
