@@ -61,6 +61,7 @@
           pythonImportsCheck = [
             "chatmaild.doveauth"
             "chatmaild.filtermail"
+            "chatmaild.admin"
           ];
           meta = {
             description = "Daemons of a chatmail relay: account creation and the OpenPGP-only mail filter";

@@ -32,6 +32,8 @@
   doveauthTokenFile = "/run/doveauth/token";
   mailboxesDir = "/home/vmail/mail/${domain}";
   nocreateFile = "/etc/chatmail-nocreate";
+  # Addresses that may never log in or be created again (`chatmail accounts block`).
+  blocklistFile = "/var/lib/chatmail/blocklist";
   vmailUser = "vmail";
   dovecotBaseDir = "/run/dovecot";
   dovecotInternalUser = "dovecot";

@@ -64,6 +64,14 @@ def test_submission_passes_the_outgoing_filter_and_port_25_the_incoming_one(rela
     assert f"smtpd_proxy_filter=127.0.0.1:{settings['filtermail_smtp_port_incoming']}" in master["smtp_inet"]["args"]
 
 
+def test_nginx_serves_the_mta_sts_policy_whose_hash_chatmail_dns_publishes(relay):
+    from chatmaild.dnszone import mta_sts_policy
+
+    served = relay["nginx"]["files"]["mta-sts.txt"]
+    assert served == mta_sts_policy("relay1.test")
+    assert "mx: relay1.test\n" in served and "mode: enforce\n" in served
+
+
 def test_the_lab_chatmail_ini_is_complete_and_reads_back_without_warnings(relay, tmp_path):
     from chatmaild.config import key_parsers, read_config
 

@@ -9,6 +9,7 @@
 #   chatmail-newemail    /new: suggests an address and password to new users
 #   chatmail-expire      daily: removes old mail and unused accounts
 #   chatmail-fsreport    daily: storage and login statistics in the journal
+# The package is also on PATH for the operator's `chatmail` command.
 # chatmail-quota-expire has no unit: Dovecot runs it when a mailbox is over quota.
 {
   config,
@@ -49,6 +50,8 @@ in
 {
   config = lib.mkIf cfg.enable {
     environment.etc."chatmail/chatmail.ini".source = chatmailIni;
+    # The operator's `chatmail` command (dns, status, accounts) and the daily jobs, on PATH.
+    environment.systemPackages = [ cfg.package ];
 
     systemd.services = lib.mapAttrs service units;
     systemd.timers = lib.mapAttrs timer (lib.filterAttrs (_: isTimed) units);

@@ -41,7 +41,7 @@ DOMAIN = "chat.example.org"
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     """Write a real chatmail.ini with the given overrides and read it back.
 
-    Mailboxes and the nocreate file live under the test's temporary
+    Mailboxes, the nocreate file and the blocklist live under the test's temporary
     directory unless overridden.
     """
 
@@ -50,6 +50,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
             "mail_domain": mail_domain,
             "mailboxes_dir": tmp_path / "mail",
             "nocreate_file": tmp_path / "nocreate",
+            "blocklist_file": tmp_path / "blocklist",
         }
         params.update(overrides)
         lines = ["[params]"] + [f"{key} = {value}" for key, value in params.items()]

@@ -168,6 +168,19 @@ def test_nocreate_file_blocks_new_accounts_but_not_existing_ones(run_server, con
     run_server(scenario)
 
 
+def test_blocked_address_is_not_found_whether_or_not_its_account_exists(run_server, config):
+    blocked_existing = "existing1@chat.example.org"
+
+    async def scenario(port: int) -> None:
+        assert (await http(port, "POST", "/passdb", passdb_body(blocked_existing)))[0] == 200
+        config.blocklist_file.write_text(f"{ADDR}\n{blocked_existing.upper()}\n")
+        assert await http(port, "POST", "/passdb", passdb_body()) == (404, b"")
+        assert await http(port, "POST", "/passdb", passdb_body(blocked_existing)) == (404, b"")
+
+    run_server(scenario)
+    assert not config.get_user(ADDR).password_path.exists()
+
+
 @pytest.mark.parametrize(("length", "allowed"), [(5, False), (6, True), (7, True), (10, True), (11, False)])
 def test_local_part_length_limits_are_configurable(make_config, length, allowed):
     config = make_config(username_min_length=6, username_max_length=10)

@@ -20,6 +20,10 @@ let
     # Empty: no TURN server is offered to clients.
     turn_secret_file = orEmpty paths.metadataTurnSecretFile;
     tls_cert_mode = paths.tlsMode;
+    tls_cert_file = orEmpty paths.tlsCert;
+    blocklist_file = paths.blocklistFile;
+    dkim_selector = paths.dkimSelector;
+    dkim_key_file = paths.dkimKeyFile;
   };
 
   keys = settings // fromPaths;

@@ -46,12 +46,10 @@ let
   '';
 
   # Other relays fetch this from https://mta-sts.<domain>/ before they deliver (28 days).
-  mtaSts = ''
-    version: STSv1
-    mode: enforce
-    mx: ${domain}
-    max_age: 2419200
-  '';
+  # One text for nginx and for `chatmail dns`, whose MTA-STS id is a hash of it.
+  mtaSts =
+    builtins.replaceStrings [ "@mail_domain@" ] [ domain ]
+      (builtins.readFile ../../../../python/chatmaild/src/chatmaild/mta-sts.txt.in);
 
   qrText = "DCACCOUNT:https://${domain}/new";
 

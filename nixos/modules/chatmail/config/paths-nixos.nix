@@ -74,6 +74,8 @@ in
   mailboxesDir = "/home/vmail/mail/${domain}";
   # While this file exists, doveauth creates no account (services.chatmail.newAccounts = false).
   nocreateFile = "/etc/chatmail-nocreate";
+  # Addresses that may never log in or be created again (`chatmail accounts block`).
+  blocklistFile = "/var/lib/chatmail/blocklist";
   vmailUser = "vmail";
   # services.dovecot2's unit has RuntimeDirectory = dovecot2 and creates these users.
   dovecotBaseDir = "/run/dovecot2";

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+import subprocess
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,18 @@ def run_daemon(name: str, main_coroutine: Coroutine[Any, Any, None]) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+Runner = Callable[[Sequence[str]], str]
+"""Runs a command and returns its standard output; raises OSError or
+subprocess.SubprocessError. Commands that ask the system (``ip``, ``systemctl``,
+``postqueue``) take one, so tests can answer for the system."""
+
+RUN_TIMEOUT_SECONDS = 30
+
+
+def run_command(argv: Sequence[str]) -> str:
+    """The real :data:`Runner`: the command's stdout, an exception if it fails."""
+    return subprocess.run(
+        list(argv), check=True, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
+    ).stdout

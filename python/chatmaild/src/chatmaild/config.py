@@ -207,6 +207,16 @@ class Config:
     turn_secret_file: Path | None
     """The TURN REST secret shared with the TURN server (None: no TURN server offered)."""
     tls_cert_mode: TlsMode
+    tls_cert_file: Path | None
+    """The relay's certificate chain, for ``chatmail status`` (None: not known)."""
+    disable_ipv6: bool
+    """Listen and send over IPv4 only (``chatmail dns`` then publishes no AAAA)."""
+    blocklist_file: Path
+    """Addresses that may never log in or be created again (``chatmail accounts block``)."""
+    dkim_selector: str
+    """The DKIM selector, for ``chatmail dns`` (the key is ``<selector>._domainkey.<domain>``)."""
+    dkim_key_file: Path
+    """The DKIM private key OpenDKIM signs with, for ``chatmail dns``."""
 
     unused_keys: tuple[str, ...] = dataclasses.field(default=(), metadata={"key": False})
     """Keys present in the file that no setting consumes (warned about)."""
@@ -328,6 +338,9 @@ def read_config(path: str | Path) -> Config:
     # Keys without a fixed default: upstream derives them from the domain.
     if "mailboxes_dir" not in params:
         fields["mailboxes_dir"] = Path("/home/vmail/mail") / mail_domain
+    external = params.get("tls_external_cert_and_key", "").split()
+    if "tls_cert_file" not in params and external:
+        fields["tls_cert_file"] = Path(external[0])
     if "tls_cert_mode" not in params:
         fields["tls_cert_mode"] = _upstream_tls_mode(path, params, mail_domain, fields["ipv4_relay"])
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .blocklist import Blocklist
 from .cli import parse_args_and_config, run_daemon
 from .config import Config
 from .logsetup import add_verbose_flag
@@ -127,6 +128,7 @@ class AccountStore:
     ) -> None:
         self.config = config
         self.resource_gate = resource_gate
+        self.blocklist = Blocklist(config.blocklist_file)
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     def is_local(self, addr: str) -> bool:
@@ -141,11 +143,31 @@ class AccountStore:
             return None
         return user.get_password_hash()
 
+    def is_blocked(self, addr: str) -> bool | None:
+        """Whether ``addr`` is on the blocklist; None if the list cannot be read."""
+        try:
+            return self.blocklist.contains(addr)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("cannot read the blocklist %s: %s", self.config.blocklist_file, exc)
+            return None
+
     async def login(self, addr: str, password: str) -> str | None:
-        """Return the hash Dovecot should compare with; create the account if allowed."""
+        """Return the hash Dovecot should compare with; create the account if allowed.
+
+        A blocked address is refused even if its account still exists. An
+        unreadable blocklist keeps existing accounts working but creates no
+        new one, since it might be on the list.
+        """
+        blocked = self.is_blocked(addr)
+        if blocked:
+            log.warning("login refused: %s is blocked", addr)
+            return None
         existing = self.lookup(addr)
         if existing is not None:
             return existing
+        if blocked is None:
+            log.warning("not creating account %s: the blocklist cannot be read", addr)
+            return None
         decision = check_creation_allowed(self.config, addr, password)
         if decision.allowed:
             decision = self.resource_gate(self.config)
