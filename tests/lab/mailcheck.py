@@ -16,6 +16,8 @@ reported, not raised.
   mailcheck.py metadata ADDR PASSWORD --key /shared/vendor/deltachat/turn [--mailbox M] [--value V]
   mailcheck.py http METHOD URL [--header "N: v"] [--data-file F]
   mailcheck.py alpn HOST PROTOCOL                 (TLS on port 443 offering one ALPN protocol)
+  mailcheck.py tls HOST PORT {imap,smtp} [--starttls] [--alpn P] [--min V] [--max V] [--legacy]
+                                                   (TLS version, ALPN and issuer; exit 1 unless ok)
   mailcheck.py mxdeliv --host RELAY --from ADDR --to RCPT [--dkim-key KEY] [--cleartext] [--chunked]
   mailcheck.py turn HOST USERNAME PASSWORD [--port 3478]   (a TURN Allocate, as a calling client)
   mailcheck.py wait ADDR PASSWORD --token TOKEN [--timeout 20]
@@ -251,6 +253,65 @@ def cmd_alpn(a) -> dict:
                 "greeting": tls.recv(200).decode(errors="replace").splitlines()[0]}
 
 
+TLS_VERSIONS = {"1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def cmd_tls(a) -> dict:
+    """Open IMAP or SMTP (implicit TLS, or --starttls) within the given TLS versions; report
+    the version, ALPN and issuer, or why it failed (kind: verify, tls, protocol, network), so
+    a refusal by the server can be told from a problem on this side."""
+    ctx = tls_context(a.cafile)
+    if a.legacy:
+        # OpenSSL 3 offers TLS 1.1 only at security level 0; without this the refusal would
+        # come from this client, not from the server.
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if a.min:
+        ctx.minimum_version = TLS_VERSIONS[a.min]
+    if a.max:
+        ctx.maximum_version = TLS_VERSIONS[a.max]
+    if a.alpn:
+        ctx.set_alpn_protocols([a.alpn])
+    result: dict = {"ok": False}
+
+    def session(sock: ssl.SSLSocket) -> None:
+        issuer = dict(pair[0] for pair in sock.getpeercert()["issuer"])
+        result.update(version=sock.version(), alpn=sock.selected_alpn_protocol(), issuer=issuer.get("commonName"))
+
+    try:
+        if a.proto == "imap":
+            if a.starttls:
+                imap = imaplib.IMAP4(a.host, a.port, timeout=30)
+                result["starttls_offered"] = "STARTTLS" in imap.capabilities
+                imap.starttls(ssl_context=ctx)
+            else:
+                imap = imaplib.IMAP4_SSL(a.host, a.port, ssl_context=ctx, timeout=30)
+            result["banner"] = imap.welcome.decode(errors="replace")
+            session(imap.sock)
+            imap.logout()
+        else:
+            if a.starttls:
+                smtp = smtplib.SMTP(a.host, a.port, timeout=30)
+                smtp.ehlo("client.test")
+                result["starttls_offered"] = smtp.has_extn("starttls")
+                smtp.starttls(context=ctx)
+            else:
+                smtp = smtplib.SMTP_SSL(a.host, a.port, context=ctx, timeout=30)
+            code, answer = smtp.ehlo("client.test")
+            result["ehlo"] = [code] + answer.decode(errors="replace").splitlines()[:1]
+            session(smtp.sock)
+            smtp.quit()
+        result["ok"] = True
+    except ssl.SSLCertVerificationError as e:
+        result.update(kind="verify", error=str(e))
+    except ssl.SSLError as e:
+        result.update(kind="tls", reason=e.reason, error=str(e))
+    except (smtplib.SMTPException, imaplib.IMAP4.error) as e:
+        result.update(kind="protocol", error=repr(e))
+    except OSError as e:
+        result.update(kind="network", error=repr(e))
+    return result
+
+
 def cmd_mxdeliv(a) -> dict:
     """Deliver over HTTPS the way relays do (POST /mxdeliv), optionally DKIM-signed; with
     --chunked the body goes out in chunks (Transfer-Encoding: chunked, no Content-Length),
@@ -401,6 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("alpn", help="TLS to port 443 with one ALPN protocol; print the greeting")
     s.add_argument("host")
     s.add_argument("protocol")
+    s = sub.add_parser("tls", help="IMAP or SMTP over TLS within given versions; exit status 1 unless ok")
+    s.add_argument("host")
+    s.add_argument("port", type=int)
+    s.add_argument("proto", choices=("imap", "smtp"))
+    s.add_argument("--starttls", action="store_true")
+    s.add_argument("--alpn")
+    s.add_argument("--min", choices=sorted(TLS_VERSIONS))
+    s.add_argument("--max", choices=sorted(TLS_VERSIONS))
+    s.add_argument("--legacy", action="store_true", help="allow TLS 1.1 on this side (OpenSSL security level 0)")
     s = sub.add_parser("mxdeliv", help="deliver with POST https://HOST/mxdeliv, as relays do")
     s.add_argument("--host", required=True)
     s.add_argument("--from", dest="sender", required=True)
@@ -429,11 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     CONNECT, INSECURE = a.connect, a.insecure
     commands = {"login": cmd_login, "send": cmd_send, "deliver": cmd_deliver, "metadata": cmd_metadata,
                 "http": cmd_http, "alpn": cmd_alpn, "mxdeliv": cmd_mxdeliv, "turn": cmd_turn,
-                "inbox": cmd_inbox, "wait": cmd_wait}
+                "inbox": cmd_inbox, "tls": cmd_tls, "wait": cmd_wait}
     result = commands[a.cmd](a)
     print(json.dumps(result))
-    # `inbox --at-least` is polled with wait_until_succeeds in the VM tests.
-    return 0 if a.cmd != "inbox" or result["ok"] else 1
+    # The VM tests poll these with wait_until_succeeds.
+    return 0 if a.cmd not in ("inbox", "tls") or result["ok"] else 1
 
 
 if __name__ == "__main__":
