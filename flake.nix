@@ -154,6 +154,8 @@
                 hypothesis
                 pgpy
                 pytest
+                # tests/nix: the check writePython3Bin runs on the VM tests' clients
+                flake8
               ]
             ))
             # tests/nix: nix-instantiate, gixy (the check nixpkgs runs on nginx.conf) and
