@@ -5,7 +5,9 @@
 # Every HTTPS virtual host of the machine moves to 127.0.0.1:8443 (defaults the operator may
 # change: defaultSSLListenPort, defaultListen): port 443 belongs to the multiplexer, which
 # hands everything that is not IMAP or SMTP to 127.0.0.1:8443, where nginx picks the vhost by
-# SNI as before. Only loopback listens there, so the port needs no firewall rule.
+# SNI as before. Only loopback listens there, so the port needs no firewall rule. nixpkgs
+# ranks defaultListen above a vhost's listenAddresses: a vhost that must listen elsewhere
+# sets its own `listen`.
 {
   config,
   lib,

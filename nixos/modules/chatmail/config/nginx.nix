@@ -14,7 +14,7 @@
 #                 listens (ports from defaultHTTPListenPort/defaultSSLListenPort). HTTPS on
 #                 loopback only: the multiplexer is its one client, and nginx picks the site
 #                 by SNI among all hosts listening there. Plain HTTP (redirects, ACME) on all
-#                 addresses, IPv6 only unless disable_ipv6.
+#                 addresses, IPv6 ones too unless disable_ipv6.
 #   extraConfig   the relay's server block beyond its locations (HSTS, 404 for the rest)
 #   files         name -> text of the static files (autoconfig, MTA-STS policy, robots.txt,
 #                 and the web pages of ./www.nix)
@@ -91,8 +91,8 @@ let
       '';
   };
   # The index is the answer to "/" itself: the index module would look for a directory, and
-  # try_files costs a stat per request (gixy: try_files_is_evil_too). The rewrite stays in
-  # this location and serves the one file.
+  # gixy flags try_files without open_file_cache (try_files_is_evil_too). The rewrite stays
+  # in this location and serves the one file.
   indexPage = {
     extraConfig = ''
       root ${paths.wwwFiles};
