@@ -137,22 +137,41 @@
       # nixfmt-rfc-style is called plain `nixfmt` since 25.11; the old name only warns.
       formatter = forAllSystems (pkgs: pkgs.nixfmt);
 
+      # Everything the tests outside the lab need: `nix develop -c pytest` runs chatmaild's
+      # unit tests and the Nix checks (testpaths in pytest.ini) on this checkout's code.
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           packages = [
             (pkgs.python313.withPackages (
               ps: with ps; [
+                # chatmaild's dependencies (python/chatmaild/pyproject.toml)
+                aiohttp
                 aiosmtpd
                 aiosmtplib
+                dkimpy
+                dnspython
                 filelock
+                cryptography
+                # and its test group, with the type checker
+                hypothesis
                 mypy
                 pgpy
                 pytest
+                # tests/nix: the check writePython3Bin runs on the VM tests' clients
+                flake8
               ]
             ))
+            # tests/nix: nix-instantiate, gixy (the check nixpkgs runs on nginx.conf) and
+            # systemd-analyze (the units' sandbox score)
+            pkgs.nix
+            pkgs.gixy
+            pkgs.systemd
             pkgs.poetry
             pkgs.nixfmt
           ];
+          shellHook = ''
+            export PYTHONPATH="$PWD/python/chatmaild/src''${PYTHONPATH:+:$PYTHONPATH}"
+          '';
         };
       });
     };

@@ -41,7 +41,7 @@ import render  # noqa: E402
 import rootfs  # noqa: E402
 
 STATE = Path(os.environ.get("CHATMAIL_LAB_STATE", "/run/chatmail-lab"))
-PREFIX = "cmlab-"
+PREFIX = os.environ.get("CHATMAIL_LAB_PREFIX", "cmlab-")
 SUBNET = "10.77.0"
 SWITCH = PREFIX + "sw"
 FAILED_LOGS = Path("/var/log/chatmail-lab")

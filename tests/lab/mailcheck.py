@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
-"""One mail client for every lab scenario: log in, send, deliver like a relay, wait for mail.
+"""One mail client for every test: log in, send, deliver like a relay, wait for mail.
 
-Runs on the lab's client host. TLS is verified against the lab CA (--cafile); the result of
-each command is one JSON object on stdout, so tests assert on data, not on log text.
-Temporary failures (4xx) are retried a few times; permanent ones are reported, not raised.
+The lab runs it on its client host, the NixOS VM tests as the `mailcheck` command. TLS is
+verified against --cafile (the lab's CA), or the system's trust store without it, or not at
+all with --insecure (a self-signed relay). Servers are reached at the address's domain, or
+at --connect. The result of each command is one JSON object on stdout, so tests assert on
+data, not on log text. Temporary failures (4xx) are retried a few times; permanent ones are
+reported, not raised.
 
   mailcheck.py login ADDR PASSWORD
-  mailcheck.py send ADDR PASSWORD --to RCPT [--cleartext] [--port 465|587]
+  mailcheck.py send ADDR PASSWORD --to RCPT [--cleartext | --eml FILE] [--port 465|587] [--count N]
+  mailcheck.py inbox ADDR PASSWORD [--at-least N]  (headers of the INBOX; exit 1 while fewer)
   mailcheck.py deliver --host RELAY --from ADDR --to RCPT [--cleartext] [--forge-dkim]
                                                    (as a foreign MTA on port 25)
   mailcheck.py metadata ADDR PASSWORD --key /shared/vendor/deltachat/turn [--mailbox M] [--value V]
   mailcheck.py http METHOD URL [--header "N: v"] [--data-file F]
   mailcheck.py alpn HOST PROTOCOL                 (TLS on port 443 offering one ALPN protocol)
-  mailcheck.py mxdeliv --host RELAY --from ADDR --to RCPT [--dkim-key KEY] [--cleartext]
+  mailcheck.py tls HOST PORT {imap,smtp} [--starttls] [--alpn P] [--min V] [--max V] [--legacy]
+                                                   (TLS version, ALPN and issuer; exit 1 unless ok)
+  mailcheck.py mxdeliv --host RELAY --from ADDR --to RCPT [--dkim-key KEY] [--cleartext] [--chunked]
   mailcheck.py turn HOST USERNAME PASSWORD [--port 3478]   (a TURN Allocate, as a calling client)
   mailcheck.py wait ADDR PASSWORD --token TOKEN [--timeout 20]
 """
@@ -21,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import email
+import email.policy
 import imaplib
 import json
+import re
 import secrets
 import smtplib
 import ssl
@@ -35,8 +44,34 @@ from email.policy import SMTP as SMTP_POLICY
 warnings.filterwarnings("ignore")  # pgpy 0.6 warns on import about ciphers it never uses here
 
 
-def tls_context(cafile: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=cafile)
+# Set once from the command line: where servers are reached, and how TLS is checked.
+CONNECT: str | None = None
+INSECURE = False
+
+
+def tls_context(cafile: str | None) -> ssl.SSLContext:
+    """The lab's CA, the system's trust store (cafile None), or no checks (--insecure)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if INSECURE:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def server(addr: str) -> str:
+    """Where the servers of an address's domain are reached (--connect overrides)."""
+    return CONNECT or addr.split("@")[1]
+
+
+def prepared_message(path: str, sender: str, rcpt: str) -> bytes:
+    """A message from a file (e.g. a fixed PGP/MIME fixture) with its From and To header
+    lines replaced by the envelope's, which the relay requires; the rest stays byte for byte."""
+    data = open(path, "rb").read()
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in data else b"\n\n"
+    head, body = data.split(sep, 1)
+    head = re.sub(rb"(?mi)^From:.*$", b"From: " + sender.encode(), head, count=1)
+    head = re.sub(rb"(?mi)^To:.*$", b"To: " + rcpt.encode(), head, count=1)
+    return head + sep + body
 
 
 def cleartext_message(sender: str, rcpt: str, token: str) -> bytes:
@@ -95,8 +130,7 @@ def smtp_result(fn, retry: bool = True) -> dict:
 
 
 def cmd_login(a) -> dict:
-    host = a.addr.split("@")[1]
-    with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(a.cafile)) as imap:
+    with imaplib.IMAP4_SSL(server(a.addr), 993, ssl_context=tls_context(a.cafile)) as imap:
         try:
             imap.login(a.addr, a.password)
         except imaplib.IMAP4.error as e:
@@ -108,10 +142,12 @@ def cmd_login(a) -> dict:
 
 def cmd_send(a) -> dict:
     """Submit --count messages over one connection; report each one's outcome in order."""
-    host = a.addr.split("@")[1]
+    host = server(a.addr)
     token = a.token or secrets.token_hex(6)
     if a.cleartext:
         data = cleartext_message(a.addr, a.to, token)
+    elif a.eml:
+        data = prepared_message(a.eml, a.addr, a.to)
     else:
         data = encrypted_message(a.addr, a.to, token, pad=a.pad)
     ctx = tls_context(a.cafile)
@@ -126,7 +162,11 @@ def cmd_send(a) -> dict:
         for i in range(a.count):
             # One Message-ID per message; the first keeps the plain token.
             body = data if i == 0 else data.replace(f"<{token}@".encode(), f"<{token}-{i}@".encode())
-            results.append(smtp_result(lambda: conn.sendmail(a.addr, [a.to], body), retry=a.count == 1))
+            try:
+                results.append(smtp_result(lambda: conn.sendmail(a.addr, [a.to], body), retry=a.count == 1))
+            except smtplib.SMTPServerDisconnected as e:
+                results.append({"ok": False, "code": 0, "text": str(e)})
+                break
             if results[-1]["code"] == 450:
                 conn.rset()
     return {"token": token, **results[0], "all": results}
@@ -157,7 +197,7 @@ def cmd_deliver(a) -> dict:
 
 def cmd_metadata(a) -> dict:
     """GETMETADATA (or SETMETADATA with --value) of one key, RFC 5464."""
-    host = a.addr.split("@")[1]
+    host = server(a.addr)
     imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
     imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
     with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(a.cafile)) as imap:
@@ -213,8 +253,69 @@ def cmd_alpn(a) -> dict:
                 "greeting": tls.recv(200).decode(errors="replace").splitlines()[0]}
 
 
+TLS_VERSIONS = {"1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def cmd_tls(a) -> dict:
+    """Open IMAP or SMTP (implicit TLS, or --starttls) within the given TLS versions; report
+    the version, ALPN and issuer, or why it failed (kind: verify, tls, protocol, network), so
+    a refusal by the server can be told from a problem on this side."""
+    ctx = tls_context(a.cafile)
+    if a.legacy:
+        # OpenSSL 3 offers TLS 1.1 only at security level 0; without this the refusal would
+        # come from this client, not from the server.
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if a.min:
+        ctx.minimum_version = TLS_VERSIONS[a.min]
+    if a.max:
+        ctx.maximum_version = TLS_VERSIONS[a.max]
+    if a.alpn:
+        ctx.set_alpn_protocols([a.alpn])
+    result: dict = {"ok": False}
+
+    def session(sock: ssl.SSLSocket) -> None:
+        issuer = dict(pair[0] for pair in sock.getpeercert()["issuer"])
+        result.update(version=sock.version(), alpn=sock.selected_alpn_protocol(), issuer=issuer.get("commonName"))
+
+    try:
+        if a.proto == "imap":
+            if a.starttls:
+                imap = imaplib.IMAP4(a.host, a.port, timeout=30)
+                result["starttls_offered"] = "STARTTLS" in imap.capabilities
+                imap.starttls(ssl_context=ctx)
+            else:
+                imap = imaplib.IMAP4_SSL(a.host, a.port, ssl_context=ctx, timeout=30)
+            result["banner"] = imap.welcome.decode(errors="replace")
+            session(imap.sock)
+            imap.logout()
+        else:
+            if a.starttls:
+                smtp = smtplib.SMTP(a.host, a.port, timeout=30)
+                smtp.ehlo("client.test")
+                result["starttls_offered"] = smtp.has_extn("starttls")
+                smtp.starttls(context=ctx)
+            else:
+                smtp = smtplib.SMTP_SSL(a.host, a.port, context=ctx, timeout=30)
+            code, answer = smtp.ehlo("client.test")
+            result["ehlo"] = [code] + answer.decode(errors="replace").splitlines()[:1]
+            session(smtp.sock)
+            smtp.quit()
+        result["ok"] = True
+    except ssl.SSLCertVerificationError as e:
+        result.update(kind="verify", error=str(e))
+    except ssl.SSLError as e:
+        result.update(kind="tls", reason=e.reason, error=str(e))
+    except (smtplib.SMTPException, imaplib.IMAP4.error) as e:
+        result.update(kind="protocol", error=repr(e))
+    except OSError as e:
+        result.update(kind="network", error=repr(e))
+    return result
+
+
 def cmd_mxdeliv(a) -> dict:
-    """Deliver over HTTPS the way relays do (POST /mxdeliv), optionally DKIM-signed."""
+    """Deliver over HTTPS the way relays do (POST /mxdeliv), optionally DKIM-signed; with
+    --chunked the body goes out in chunks (Transfer-Encoding: chunked, no Content-Length),
+    as a sender that streams the message does."""
     import http.client
 
     token = a.token or secrets.token_hex(6)
@@ -227,9 +328,15 @@ def cmd_mxdeliv(a) -> dict:
                               include_headers=[b"from", b"to", b"subject", b"message-id"])
         data = signature + data
     conn = http.client.HTTPSConnection(a.host, 443, context=tls_context(a.cafile), timeout=60)
-    conn.request("POST", "/mxdeliv", body=data, headers={"X-MAIL-FROM": a.sender, "X-MAIL-TO": a.to})
+    headers = {"X-MAIL-FROM": a.sender, "X-MAIL-TO": a.to}
+    pieces = [data[i:i + 512] for i in range(0, len(data), 512)] if a.chunked else [data]
+    if a.chunked:
+        conn.request("POST", "/mxdeliv", body=iter(pieces), headers=headers, encode_chunked=True)
+    else:
+        conn.request("POST", "/mxdeliv", body=data, headers=headers)
     resp = conn.getresponse()
-    return {"token": token, "status": resp.status, "body": resp.read().decode(errors="replace").strip()}
+    return {"token": token, "status": resp.status, "body": resp.read().decode(errors="replace").strip(),
+            "chunks": len(pieces) if a.chunked else 0, "size": len(data)}
 
 
 def cmd_turn(a) -> dict:
@@ -282,8 +389,23 @@ def cmd_turn(a) -> dict:
             "reason": error[4:].decode(errors="replace")}
 
 
+def cmd_inbox(a) -> dict:
+    """The headers of every message in the INBOX; ok once there are --at-least of them."""
+    messages = []
+    with imaplib.IMAP4_SSL(server(a.addr), 993, ssl_context=tls_context(a.cafile)) as imap:
+        imap.login(a.addr, a.password)
+        imap.select("INBOX", readonly=True)
+        _, ids = imap.search(None, "ALL")
+        for num in ids[0].split():
+            _, parts = imap.fetch(num, "(RFC822)")
+            msg = email.message_from_bytes(parts[0][1], policy=email.policy.default)
+            messages.append({"from": str(msg["From"]), "to": str(msg["To"]), "subject": str(msg["Subject"]),
+                             "content_type": msg.get_content_type()})
+    return {"ok": len(messages) >= a.at_least, "messages": messages}
+
+
 def cmd_wait(a) -> dict:
-    host = a.addr.split("@")[1]
+    host = server(a.addr)
     deadline = time.monotonic() + a.timeout
     with imaplib.IMAP4_SSL(host, 993, ssl_context=tls_context(a.cafile)) as imap:
         imap.login(a.addr, a.password)
@@ -301,7 +423,9 @@ def cmd_wait(a) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cafile", default="/run/chatmail-lab/ca/ca.pem", help="CA that signs the relays")
+    p.add_argument("--cafile", help="CA that signs the relays (default: the system's trust store)")
+    p.add_argument("--insecure", action="store_true", help="do not check certificates (self-signed relays)")
+    p.add_argument("--connect", help="reach IMAP and SMTP here instead of at the address's domain")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("login", help="IMAP login (creates the account on a first login)")
     s.add_argument("addr")
@@ -310,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("addr")
     s.add_argument("password")
     s.add_argument("--to", required=True)
-    s.add_argument("--cleartext", action="store_true", help="send unencrypted (the relay must refuse it)")
+    what = s.add_mutually_exclusive_group()
+    what.add_argument("--cleartext", action="store_true", help="send unencrypted (the relay must refuse it)")
+    what.add_argument("--eml", help="send this prepared message (From and To set to the envelope's)")
     s.add_argument("--port", type=int, default=465, choices=(465, 587))
     s.add_argument("--count", type=int, default=1, help="messages to send over the one connection")
     s.add_argument("--pad", type=int, default=0, help="random bytes of plaintext to make the message larger")
@@ -336,6 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("alpn", help="TLS to port 443 with one ALPN protocol; print the greeting")
     s.add_argument("host")
     s.add_argument("protocol")
+    s = sub.add_parser("tls", help="IMAP or SMTP over TLS within given versions; exit status 1 unless ok")
+    s.add_argument("host")
+    s.add_argument("port", type=int)
+    s.add_argument("proto", choices=("imap", "smtp"))
+    s.add_argument("--starttls", action="store_true")
+    s.add_argument("--alpn")
+    s.add_argument("--min", choices=sorted(TLS_VERSIONS))
+    s.add_argument("--max", choices=sorted(TLS_VERSIONS))
+    s.add_argument("--legacy", action="store_true", help="allow TLS 1.1 on this side (OpenSSL security level 0)")
     s = sub.add_parser("mxdeliv", help="deliver with POST https://HOST/mxdeliv, as relays do")
     s.add_argument("--host", required=True)
     s.add_argument("--from", dest="sender", required=True)
@@ -343,23 +478,32 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--cleartext", action="store_true")
     s.add_argument("--dkim-key", help="sign with this private key (PEM) for the sender's domain")
     s.add_argument("--selector", default="opendkim")
+    s.add_argument("--chunked", action="store_true", help="send the body with chunked transfer encoding")
     s.add_argument("--token")
     s = sub.add_parser("turn", help="TURN Allocate with long-term credentials (as a calling client)")
     s.add_argument("host")
     s.add_argument("username")
     s.add_argument("password")
     s.add_argument("--port", type=int, default=3478)
+    s = sub.add_parser("inbox", help="headers of the INBOX; exit status 1 while fewer than --at-least")
+    s.add_argument("addr")
+    s.add_argument("password")
+    s.add_argument("--at-least", type=int, default=0)
     s = sub.add_parser("wait", help="wait until a message with the token is in the INBOX")
     s.add_argument("addr")
     s.add_argument("password")
     s.add_argument("--token", required=True)
     s.add_argument("--timeout", type=float, default=20)
     a = p.parse_args(argv)
+    global CONNECT, INSECURE
+    CONNECT, INSECURE = a.connect, a.insecure
     commands = {"login": cmd_login, "send": cmd_send, "deliver": cmd_deliver, "metadata": cmd_metadata,
-                "http": cmd_http, "alpn": cmd_alpn, "mxdeliv": cmd_mxdeliv, "turn": cmd_turn, "wait": cmd_wait}
+                "http": cmd_http, "alpn": cmd_alpn, "mxdeliv": cmd_mxdeliv, "turn": cmd_turn,
+                "inbox": cmd_inbox, "tls": cmd_tls, "wait": cmd_wait}
     result = commands[a.cmd](a)
     print(json.dumps(result))
-    return 0
+    # The VM tests poll these with wait_until_succeeds.
+    return 0 if a.cmd not in ("inbox", "tls") or result["ok"] else 1
 
 
 if __name__ == "__main__":

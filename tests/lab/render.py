@@ -107,32 +107,75 @@ def standard_services(debian_master_cf: str, replaced: set[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- nginx
 
-# The proxy headers NixOS adds to a location with a proxyPass when recommendedProxySettings
-# is on (nixos/modules/services/web-servers/nginx).
+# What nixpkgs 26.05's nginx module writes into the http block for the options our module
+# leaves at their defaults or turns on (nixos/modules/services/web-servers/nginx/default.nix):
+# sslProtocols and sslCiphers (always), recommendedTlsSettings, recommendedProxySettings
+# (proxyTimeout 60s) and clientMaxBodySize.
+SSL_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+])
+HTTP_DEFAULTS = [
+    "ssl_protocols TLSv1.2 TLSv1.3;",
+    f"ssl_ciphers {SSL_CIPHERS};",
+    "ssl_session_timeout 1d;",
+    "ssl_session_cache shared:SSL:10m;",
+    "ssl_session_tickets off;",
+    "ssl_prefer_server_ciphers off;",
+    "client_max_body_size 10m;",
+]
+
+# The proxy headers of recommendedProxySettings. A location that sets any proxy_set_header
+# loses the http block's ones, so NixOS includes them again in every location with a
+# proxyPass (and the http block's `Connection ""` does not reach those locations).
 RECOMMENDED_PROXY = [
     "proxy_set_header Host $host;",
     "proxy_set_header X-Real-IP $remote_addr;",
     "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
     "proxy_set_header X-Forwarded-Proto $scheme;",
     "proxy_set_header X-Forwarded-Host $host;",
-    "proxy_set_header X-Forwarded-Server $host;",
+    "proxy_set_header X-Forwarded-Server $hostname;",
+]
+# recommendedProxySettings in the http block: HTTP/1.1 to the upstreams (so a chunked
+# request body is passed on as it comes when request buffering is off), keep-alive allowed.
+RECOMMENDED_PROXY_HTTP = [
+    "proxy_redirect off;",
+    "proxy_connect_timeout 60s;",
+    "proxy_send_timeout 60s;",
+    "proxy_read_timeout 60s;",
+    "proxy_http_version 1.1;",
+    'proxy_set_header "Connection" "";',
+    *RECOMMENDED_PROXY,
 ]
 
 
+def _indent(lines: list[str], depth: int) -> str:
+    return "\n".join(" " * depth + line for chunk in lines for line in chunk.splitlines())
+
+
 def nginx_location(name: str, loc: dict) -> str:
-    """One vhost location from services.nginx.virtualHosts.<n>.locations data."""
+    """One vhost location from services.nginx.virtualHosts.<n>.locations data, its
+    directives in the order NixOS writes them."""
     body = []
     if loc.get("proxyPass"):
         body.append(f"proxy_pass {loc['proxyPass']};")
-        body += RECOMMENDED_PROXY
     if loc.get("alias"):
         body.append(f"alias {loc['alias']};")
     if loc.get("return"):
         body.append(f"return {loc['return']};")
     if loc.get("extraConfig"):
         body.append(loc["extraConfig"].strip())
-    inner = "\n".join("    " + line for chunk in body for line in chunk.splitlines())
-    return f"  location {name} {{\n{inner}\n  }}"
+    if loc.get("proxyPass"):
+        body += RECOMMENDED_PROXY
+    return f"  location {name} {{\n{_indent(body, 4)}\n  }}"
+
+
+def nginx_listen(listen: list[dict], ssl: bool, port: int) -> str:
+    """The listen lines services.nginx.defaultListen gives a vhost on one side (TLS or not)."""
+    lines = [f"listen {entry['addr']}:{port}{' ssl' if ssl else ''};" for entry in listen if entry["ssl"] == ssl]
+    return _indent(lines, 4)
 
 
 def nginx_conf(nginx: dict, domain: str, https_port: int, cert: str, key: str, acme_webroot: str) -> str:
@@ -152,19 +195,21 @@ http {{
   include /etc/nginx/mime.types;
   access_log off;
   server_tokens off;
+{_indent(HTTP_DEFAULTS + RECOMMENDED_PROXY_HTTP, 2)}
   server {{
-    listen 80;
+{nginx_listen(nginx["defaultListen"], False, 80)}
     server_name {names};
-    location /.well-known/acme-challenge/ {{ root {acme_webroot}; }}
     location / {{ return 301 https://$host$request_uri; }}
+    location ^~ /.well-known/acme-challenge/ {{ root {acme_webroot}; }}
   }}
   server {{
-    listen 127.0.0.1:{https_port} ssl;
+{nginx_listen(nginx["defaultListen"], True, https_port)}
     http2 on;
     server_name {names};
     ssl_certificate {cert};
     ssl_certificate_key {key};
 {locations}
+{_indent([nginx["extraConfig"]], 4)}
   }}
 }}
 """

@@ -2,10 +2,11 @@
 # message from relay1's user reaches relay2's user, two Delta Chat cores do a Secure-Join
 # across the relays and write to each other, and cleartext is refused with 523.
 #
-# Nodes: dns (unbound, authoritative for relay1.test and relay2.test: A and MX records),
-# relay1 and relay2 (both from `relay` below, with certificates from a test CA made at
-# build time, which every node trusts so Postfix verifies its peers), client (Python's
-# imaplib/smtplib through chatmail-check; Delta Chat through dc-federation).
+# Nodes: dns (unbound, authoritative for relay1.test and relay2.test: A and MX records; the
+# one resolver of every other node), relay1 and relay2 (both from `relay` below, with
+# certificates from a test CA made at build time, which every node trusts so Postfix
+# verifies its peers), client (IMAP and SMTP through mailcheck, the lab's client; Delta Chat
+# through dc-federation).
 #
 #   nix build .#checks.x86_64-linux.federation -L
 { self }:
@@ -80,12 +81,14 @@ let
           certificateFile = "${testCerts}/${domain}.pem";
           keyFile = "${testCerts}/${domain}.key";
         };
+        # THE TEST NETWORK HAS NO INTERNET: the relay's own unbound could reach no root server,
+        # and as the first entry of resolv.conf it would make every lookup wait for its
+        # timeout before the dns node is asked. The relays resolve through the dns node only.
+        unbound.enable = false;
       };
     };
 
-  chatmail-check = pkgs.writers.writePython3Bin "chatmail-check" {
-    flakeIgnore = [ "E501" ];
-  } (builtins.readFile ./chatmail-check.py);
+  inherit (import ./tools.nix { inherit lib pkgs; }) mailcheck;
 
   # Real Delta Chat cores: nixpkgs' deltachat-rpc-client starts pkgs.deltachat-rpc-server
   # from its store path.
@@ -209,61 +212,70 @@ in
       imports = [ common ];
       virtualisation.memorySize = 1024;
       environment.systemPackages = [
-        chatmail-check
+        mailcheck
         dc-federation
       ];
     };
   };
 
-  testScript = ''
-    import json
+  testScript =
+    { nodes, ... }:
+    ''
+      import json
 
-    ALICE = "${alice}"
-    BOB = "${bob}"
-    PASSWORD = "${password}"
+      ALICE = "${alice}"
+      BOB = "${bob}"
+      PASSWORD = "${password}"
+      DNS = "${nodes.dns.networking.primaryIPAddress}"
 
 
-    def check(*args: str) -> dict:
-        return json.loads(client.succeed("chatmail-check " + " ".join(args)))
+      def check(*args: str) -> dict:
+          return json.loads(client.succeed("mailcheck " + " ".join(args)))
 
 
-    start_all()
-    dns.wait_for_unit("unbound.service")
-    for relay in (relay1, relay2):
-        for unit in ("doveauth", "filtermail", "filtermail-incoming", "dovecot", "postfix"):
-            relay.wait_for_unit(f"{unit}.service")
-        for port in (25, 143, 465, 587, 993):
-            relay.wait_for_open_port(port)
-    client.wait_for_unit("multi-user.target")
+      start_all()
+      dns.wait_for_unit("unbound.service")
+      for relay in (relay1, relay2):
+          for unit in ("doveauth", "filtermail", "filtermail-incoming", "dovecot", "postfix"):
+              relay.wait_for_unit(f"{unit}.service")
+          for port in (25, 143, 465, 587, 993):
+              relay.wait_for_open_port(port)
+      client.wait_for_unit("multi-user.target")
 
-    with subtest("a first login creates an account"):
-        login = check("login", "relay2.test", BOB, PASSWORD)
-        assert login["ok"], login
-        relay2.succeed(f"test -f /home/vmail/mail/relay2.test/{BOB}/password")
+      with subtest("the relays resolve through the dns node only"):
+          for relay in (relay1, relay2):
+              servers = relay.succeed("sed -n 's/^nameserver[[:space:]]*//p' /etc/resolv.conf").split()
+              assert servers == [DNS], servers
+              relay.succeed("getent hosts relay1.test relay2.test")
 
-    with subtest("a later login with another password is refused"):
-        login = check("login", "relay2.test", BOB, "not-the-password")
-        assert not login["ok"], login
+      with subtest("a first login creates an account"):
+          login = check("login", BOB, PASSWORD)
+          assert login["ok"], login
+          relay2.succeed(f"test -f /home/vmail/mail/relay2.test/{BOB}/password")
 
-    with subtest("a PGP/MIME message from relay1's user reaches relay2's user"):
-        login = check("login", "relay1.test", ALICE, PASSWORD)
-        assert login["ok"], login
-        sent = check("send", "relay1.test", ALICE, PASSWORD, BOB, "--eml", "${./pgp-mime.eml}")
-        assert sent["ok"], sent
-        relay1.wait_until_fails("postqueue -j | grep .")
-        client.wait_until_succeeds(f"chatmail-check inbox relay2.test {BOB} {PASSWORD} --at-least 1")
-        inbox = check("inbox", "relay2.test", BOB, PASSWORD)
-        assert [m["from"] for m in inbox["messages"]] == [ALICE], inbox
-        assert inbox["messages"][0]["content_type"] == "multipart/encrypted", inbox
+      with subtest("a later login with another password is refused"):
+          login = check("login", BOB, "not-the-password")
+          assert not login["ok"], login
 
-    with subtest("Delta Chat: Secure-Join across the relays, then messages both ways"):
-        dc = json.loads(client.succeed("dc-federation ${dcAlice} ${dcBob} " + PASSWORD))
-        assert dc["securejoin"], dc
-        assert dc["to_alice"] == {"text": "hello alice", "encrypted": True}, dc
-        assert dc["to_bob"] == {"text": "hello bob", "encrypted": True}, dc
+      with subtest("a PGP/MIME message from relay1's user reaches relay2's user"):
+          login = check("login", ALICE, PASSWORD)
+          assert login["ok"], login
+          sent = check("send", ALICE, PASSWORD, "--to", BOB, "--eml", "${./pgp-mime.eml}")
+          assert sent["ok"], sent
+          relay1.wait_until_fails("postqueue -j | grep .")
+          client.wait_until_succeeds(f"mailcheck inbox {BOB} {PASSWORD} --at-least 1")
+          inbox = check("inbox", BOB, PASSWORD)
+          assert [m["from"] for m in inbox["messages"]] == [ALICE], inbox
+          assert inbox["messages"][0]["content_type"] == "multipart/encrypted", inbox
 
-    with subtest("relay1 refuses cleartext with 523"):
-        refused = check("send", "relay1.test", ALICE, PASSWORD, BOB, "--cleartext")
-        assert refused.get("code") == 523, refused
-  '';
+      with subtest("Delta Chat: Secure-Join across the relays, then messages both ways"):
+          dc = json.loads(client.succeed("dc-federation ${dcAlice} ${dcBob} " + PASSWORD))
+          assert dc["securejoin"], dc
+          assert dc["to_alice"] == {"text": "hello alice", "encrypted": True}, dc
+          assert dc["to_bob"] == {"text": "hello bob", "encrypted": True}, dc
+
+      with subtest("relay1 refuses cleartext with 523"):
+          refused = check("send", ALICE, PASSWORD, "--to", BOB, "--cleartext")
+          assert refused["code"] == 523, refused
+    '';
 }

@@ -20,113 +20,9 @@ let
   # pebble issues from a root it makes at start; the client fetches it to this file.
   caFile = "/tmp/pebble-ca.pem";
 
-  # Connects to one port, prints the outcome as JSON, exits 0 when TLS was established
-  # with a certificate valid for the host.
-  tlsProbe =
-    pkgs.writers.writePython3Bin "chatmail-tls-probe"
-      {
-        flakeIgnore = [ "E501" ];
-      }
-      ''
-        """chatmail-tls-probe HOST PORT {imap,smtp} [--starttls] [--alpn NAME] [--min V] [--max V] [--legacy]"""
-
-        import argparse
-        import imaplib
-        import json
-        import smtplib
-        import ssl
-        import sys
-
-        VERSIONS = {
-            "1.1": ssl.TLSVersion.TLSv1_1,
-            "1.2": ssl.TLSVersion.TLSv1_2,
-            "1.3": ssl.TLSVersion.TLSv1_3,
-        }
-
-
-        def make_context(args):
-            ctx = ssl.create_default_context(cafile="${caFile}")
-            if args.legacy:
-                # OpenSSL 3 offers TLS 1.1 only at security level 0; without this the
-                # refusal would come from this client, not from the relay.
-                ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-            if args.min:
-                ctx.minimum_version = VERSIONS[args.min]
-            if args.max:
-                ctx.maximum_version = VERSIONS[args.max]
-            if args.alpn:
-                ctx.set_alpn_protocols([args.alpn])
-            return ctx
-
-
-        def record_session(sock, result):
-            result["version"] = sock.version()
-            result["alpn"] = sock.selected_alpn_protocol()
-            issuer = dict(pair[0] for pair in sock.getpeercert()["issuer"])
-            result["issuer"] = issuer.get("commonName")
-
-
-        def text(value):
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-        def probe_imap(args, ctx, result):
-            if args.starttls:
-                conn = imaplib.IMAP4(args.host, args.port, timeout=30)
-                result["starttls_offered"] = "STARTTLS" in conn.capabilities
-                conn.starttls(ssl_context=ctx)
-            else:
-                conn = imaplib.IMAP4_SSL(args.host, args.port, ssl_context=ctx, timeout=30)
-            result["banner"] = text(conn.welcome)
-            record_session(conn.sock, result)
-            conn.logout()
-
-
-        def probe_smtp(args, ctx, result):
-            if args.starttls:
-                conn = smtplib.SMTP(args.host, args.port, timeout=30)
-                conn.ehlo("client.test")
-                result["starttls_offered"] = conn.has_extn("starttls")
-                conn.starttls(context=ctx)
-            else:
-                conn = smtplib.SMTP_SSL(args.host, args.port, context=ctx, timeout=30)
-            code, answer = conn.ehlo("client.test")
-            result["ehlo"] = [code] + text(answer).splitlines()[:1]
-            record_session(conn.sock, result)
-            conn.quit()
-
-
-        def main():
-            parser = argparse.ArgumentParser()
-            parser.add_argument("host")
-            parser.add_argument("port", type=int)
-            parser.add_argument("proto", choices=["imap", "smtp"])
-            parser.add_argument("--starttls", action="store_true")
-            parser.add_argument("--alpn")
-            parser.add_argument("--min", choices=sorted(VERSIONS))
-            parser.add_argument("--max", choices=sorted(VERSIONS))
-            parser.add_argument("--legacy", action="store_true")
-            args = parser.parse_args()
-            result = {"ok": False}
-            probe = probe_imap if args.proto == "imap" else probe_smtp
-            try:
-                probe(args, make_context(args), result)
-                result["ok"] = True
-            except ssl.SSLCertVerificationError as e:
-                result.update(kind="verify", error=str(e))
-            except ssl.SSLError as e:
-                result.update(kind="tls", reason=e.reason, error=str(e))
-            except (smtplib.SMTPException, imaplib.IMAP4.error) as e:
-                result.update(kind="protocol", error=repr(e))
-            except OSError as e:
-                result.update(kind="network", error=repr(e))
-            print(json.dumps(result))
-            return 0 if result["ok"] else 1
-
-
-        if __name__ == "__main__":
-            sys.exit(main())
-      '';
+  # The lab's client: `mailcheck --cafile CA tls HOST PORT PROTO ...` prints the outcome as
+  # JSON and exits 0 when TLS was established with a certificate valid for the host.
+  inherit (import ./tools.nix { inherit lib pkgs; }) mailcheck;
 in
 {
   name = "chatmail-tls";
@@ -167,7 +63,7 @@ in
         # Trust in pebble's web front end, to fetch the issuing root from its management API.
         security.pki.certificateFiles = [ nodes.acme.test-support.acme.caCert ];
         environment.systemPackages = [
-          tlsProbe
+          mailcheck
           pkgs.curl
         ];
       };
@@ -184,8 +80,11 @@ in
       RELAY_IP = "${nodes.relay.networking.primaryIPAddress}"
 
 
+      TLS = f"mailcheck --cafile {CA} tls {DOMAIN}"
+
+
       def probe(port: int, proto: str, *flags: str) -> dict:
-          _, out = client.execute(f"chatmail-tls-probe {DOMAIN} {port} {proto} " + " ".join(flags))
+          _, out = client.execute(f"{TLS} {port} {proto} " + " ".join(flags))
           return json.loads(out)
 
 
@@ -212,12 +111,12 @@ in
           # A oneshot: `systemctl start` returns when lego is done and fails if it failed.
           relay.succeed(f"systemctl start acme-order-renew-{DOMAIN}.service")
           relay.succeed(f"systemctl show -p Result --value acme-order-renew-{DOMAIN}.service | grep -qx success")
-          client.wait_until_succeeds(f"curl -sf https://{CA_DOMAIN}:15000/roots/0 -o {CA}", timeout=60)
+          client.wait_until_succeeds(f"curl -sf https://{CA_DOMAIN}:15000/roots/0 -o {CA}")
           # The renewal reloads Postfix, Dovecot and nginx without waiting: until then they
           # still present the placeholder certificate, which does not verify.
-          client.wait_until_succeeds(f"chatmail-tls-probe {DOMAIN} 993 imap", timeout=120)
-          client.wait_until_succeeds(f"chatmail-tls-probe {DOMAIN} 465 smtp", timeout=120)
-          client.wait_until_succeeds(f"curl -sf --cacert {CA} -o /dev/null https://{DOMAIN}/robots.txt", timeout=120)
+          client.wait_until_succeeds(f"{TLS} 993 imap")
+          client.wait_until_succeeds(f"{TLS} 465 smtp")
+          client.wait_until_succeeds(f"curl -sf --cacert {CA} -o /dev/null https://{DOMAIN}/robots.txt")
 
       with subtest("993 and 465 offer TLS 1.3 and refuse TLS 1.2"):
           for port, proto in ((993, "imap"), (465, "smtp")):

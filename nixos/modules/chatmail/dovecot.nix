@@ -18,6 +18,11 @@ in
     services.dovecot2 = {
       enable = true;
       package = lib.mkDefault dovecotWithLua;
+      # configFile takes over: nixpkgs then renders no dovecot.conf of its own, so
+      # services.dovecot2.settings (protocols, mail_path, ssl_server_cert_file, ...) and the
+      # other options nixpkgs writes into that file have no effect here. Everything Dovecot
+      # reads is in ./config/dovecot.nix; change it there. The unit (dovecot.service,
+      # restarted when this file changes) and its users stay nixpkgs'.
       configFile = dovecotConf;
       # The module asserts these for Dovecot 2.4 even when configFile is given; the values
       # are the ones our dovecot.conf starts with.

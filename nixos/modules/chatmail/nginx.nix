@@ -2,10 +2,12 @@
 # the relay's HTTPS site on services.nginx.defaultSSLListenPort behind it, and port 80 for
 # redirects and ACME challenges.
 #
-# Every HTTPS virtual host of the machine moves to port 8443 (a default the operator may
-# change): port 443 belongs to the multiplexer, which hands everything that is not IMAP or
-# SMTP to 127.0.0.1:8443, where nginx picks the vhost by SNI as before. 8443 itself stays
-# closed in the firewall.
+# Every HTTPS virtual host of the machine moves to 127.0.0.1:8443 (defaults the operator may
+# change: defaultSSLListenPort, defaultListen): port 443 belongs to the multiplexer, which
+# hands everything that is not IMAP or SMTP to 127.0.0.1:8443, where nginx picks the vhost by
+# SNI as before. Only loopback listens there, so the port needs no firewall rule. nixpkgs
+# ranks defaultListen above a vhost's listenAddresses: a vhost that must listen elsewhere
+# sets its own `listen`.
 {
   config,
   lib,
@@ -21,28 +23,29 @@ in
   config = lib.mkIf (cfg.enable && cfg.nginx.enable) {
     services.nginx = {
       enable = true;
-      defaultSSLListenPort = lib.mkDefault 8443;
+      # The relay needs these: the multiplexer on 443 and where it forwards to.
       streamConfig = nginx.streamConfig;
+    }
+    # Starter values: HTTPS vhosts behind the multiplexer, and nixpkgs' recommended TLS and
+    # proxy settings (HTTP/1.1 to the upstreams, so /mxdeliv may stream a chunked body).
+    // lib.mapAttrs (_: lib.mkDefault) {
+      defaultSSLListenPort = 8443;
+      inherit (nginx) defaultListen;
       serverTokens = false;
-      recommendedTlsSettings = lib.mkDefault true;
-      recommendedProxySettings = lib.mkDefault true;
-
+      recommendedTlsSettings = true;
+      recommendedProxySettings = true;
+    }
+    // {
       virtualHosts.${cfg.domain} = {
-        inherit (nginx) serverAliases locations;
+        inherit (nginx) serverAliases locations extraConfig;
         forceSSL = true;
         # The port-80 side of forceSSL answers ACME challenges from security.acme's webroot
-        # (acmeRoot) and redirects everything else to https.
+        # (acmeRoot) and redirects everything else to https. With useACMEHost, nixpkgs'
+        # nginx module adds nginx.service to the certificate's reloadServices.
         useACMEHost = lib.mkIf acme cfg.domain;
         sslCertificate = lib.mkIf (!acme) tls.cert;
         sslCertificateKey = lib.mkIf (!acme) tls.key;
-        # Nothing else is served: the locations above are the whole site.
-        extraConfig = ''
-          location / {
-            return 404;
-          }
-        '';
       };
     };
-
   };
 }

@@ -52,8 +52,10 @@ in
       ];
       serviceConfig = {
         Restart = "always";
+      }
+      # Starter values: OpenDKIM leaks memory over time; a daily restart keeps it small.
+      // lib.mapAttrs (_: lib.mkDefault) {
         RestartSec = "5s";
-        # OpenDKIM leaks memory over time; a daily restart keeps it small.
         RuntimeMaxSec = "1d";
       };
     };

@@ -18,6 +18,10 @@ let
     paths.acmeWebroot = "/var/lib/acme/acme-challenge";
   };
   names = acme.extraDomainNames;
+  arg = lib.escapeShellArg;
+  cert = arg tls.cert;
+  key = arg tls.key;
+  subjectAltName = "subjectAltName=" + lib.concatMapStringsSep "," (n: "DNS:${n}") ([ domain ] ++ names);
   # Postfix and Dovecot read the key as root; nginx runs as its own user.
   keyGroup = if cfg.nginx.enable then toString config.services.nginx.group else "root";
 in
@@ -27,14 +31,11 @@ in
       security.acme.acceptTerms = lib.mkIf cfg.tls.acme.acceptTerms true;
       security.acme.certs.${domain} = {
         # nginx serves this directory under /.well-known/acme-challenge/ (see nginx.nix).
-        inherit (acme) webroot extraDomainNames keyType;
+        inherit (acme) webroot extraDomainNames reloadServices;
         email = lib.mkIf (cfg.tls.acme.email != null) cfg.tls.acme.email;
+        # Starter values.
+        keyType = lib.mkDefault acme.keyType;
         group = lib.mkDefault keyGroup;
-        reloadServices = [
-          "postfix.service"
-          "dovecot.service"
-        ]
-        ++ lib.optional cfg.nginx.enable "nginx.service";
       };
     })
 
@@ -57,16 +58,16 @@ in
         };
         # Only when missing: a new key on every boot would break clients that pinned it.
         script = ''
-          if [ ! -e ${tls.cert} ]; then
+          if [ ! -e ${cert} ]; then
             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-              -days 36500 -subj "/CN=${domain}" \
-              -addext "subjectAltName=DNS:${domain},${lib.concatMapStringsSep "," (n: "DNS:${n}") names}" \
+              -days 36500 -subj ${arg "/CN=${domain}"} \
+              -addext ${arg subjectAltName} \
               -addext "basicConstraints=critical,CA:FALSE" \
               -addext "extendedKeyUsage=serverAuth,clientAuth" \
-              -keyout ${tls.key}.tmp -out ${tls.cert}.tmp
-            chgrp ${keyGroup} ${tls.key}.tmp ${tls.cert}.tmp /var/lib/chatmail-tls
-            mv ${tls.key}.tmp ${tls.key}
-            mv ${tls.cert}.tmp ${tls.cert}
+              -keyout ${key}.tmp -out ${cert}.tmp
+            chgrp ${arg keyGroup} ${key}.tmp ${cert}.tmp /var/lib/chatmail-tls
+            mv ${key}.tmp ${key}
+            mv ${cert}.tmp ${cert}
           fi
         '';
       };

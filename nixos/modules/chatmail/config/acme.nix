@@ -16,4 +16,10 @@ in
   webroot = paths.acmeWebroot;
   # security.acme's default, named because the lab passes it to lego the same way.
   keyType = "ec256";
+  # What reads the certificate and must reload when it is renewed. nginx is not listed:
+  # nixpkgs' nginx module adds nginx.service itself for a vhost with useACMEHost.
+  reloadServices = [
+    "postfix.service"
+    "dovecot.service"
+  ];
 }

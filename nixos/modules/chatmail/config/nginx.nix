@@ -10,6 +10,12 @@
 #   streamConfig  the `stream { }` body: port 443 split by the client's ALPN list without
 #                 terminating TLS: "smtp" -> submissions (465), "imap" -> IMAPS (993),
 #                 anything else -> the HTTPS site
+#   defaultListen services.nginx.defaultListen: where every virtual host of the machine
+#                 listens (ports from defaultHTTPListenPort/defaultSSLListenPort). HTTPS on
+#                 loopback only: the multiplexer is its one client, and nginx picks the site
+#                 by SNI among all hosts listening there. Plain HTTP (redirects, ACME) on all
+#                 addresses, IPv6 ones too unless disable_ipv6.
+#   extraConfig   the relay's server block beyond its locations (HSTS, 404 for the rest)
 #   files         name -> text of the static files (autoconfig, MTA-STS policy, robots.txt,
 #                 and the web pages of ./www.nix)
 #   qrText        the invite the index page shows; whoever serves `files` also puts a QR
@@ -82,11 +88,13 @@ let
         limit_except GET POST { deny all; }
       '';
   };
-  # The index is the answer to "/" itself: the index module would look for a directory.
+  # The index is the answer to "/" itself: the index module would look for a directory, and
+  # gixy flags try_files without open_file_cache (try_files_is_evil_too). The rewrite stays
+  # in this location and serves the one file.
   indexPage = {
     extraConfig = ''
       root ${paths.wwwFiles};
-      try_files /index.html =404;
+      rewrite ^ /index.html break;
       default_type text/html;
     '';
   };
@@ -104,7 +112,45 @@ in
       listen 443;
       ${if ipv6 then "listen [::]:443;" else ""}
       ssl_preread on;
+      # Every upstream above is an IP literal, so nothing is ever looked up. gixy, which
+      # nixpkgs runs on nginx.conf at build time, cannot tell and wants a resolver wherever
+      # proxy_pass holds a variable (missing_resolver): name the host's own.
+      resolver 127.0.0.1${if ipv6 then "" else " ipv6=off"};
       proxy_pass $chatmail_alpn_upstream;
+    }
+  '';
+
+  defaultListen =
+    [
+      {
+        addr = "127.0.0.1";
+        ssl = true;
+      }
+      {
+        addr = "0.0.0.0";
+        ssl = false;
+      }
+    ]
+    ++ (
+      if ipv6 then
+        [
+          {
+            addr = "[::]";
+            ssl = false;
+          }
+        ]
+      else
+        [ ]
+    );
+
+  # The site is HTTPS only (port 80 redirects), so browsers may remember that for a year.
+  # Not for subdomains: the operator may run other sites under the domain. With a
+  # self-signed certificate browsers ignore the header (RFC 6797, 8.1).
+  extraConfig = ''
+    add_header Strict-Transport-Security "max-age=31536000" always;
+    # Nothing else is served: the locations are the whole site.
+    location / {
+      return 404;
     }
   '';
 

@@ -1,0 +1,127 @@
+"""nginx as the module configures it: where it listens, what reloads with the certificate,
+the proxy settings the lab shares with NixOS, and gixy (which nixpkgs runs on nginx.conf at
+build time) on the rendered configuration."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "nixos/modules/chatmail/config"
+sys.path.insert(0, str(ROOT / "tests/lab"))
+
+import render  # noqa: E402
+
+DOMAIN = "relay1.test"
+
+
+def evaluate(settings: dict | None = None, tls_mode: str = "acme") -> dict:
+    """The lab's relay (tests/lab/relay.nix) with chatmail.ini settings and a TLS mode."""
+    expr = f"""
+      let
+        relay = import {ROOT}/tests/lab/relay.nix {{
+          domain = "{DOMAIN}";
+          settingsJSON = {json.dumps(json.dumps(settings or {}))};
+        }};
+        paths = relay.paths // {{ tlsMode = "{tls_mode}"; }};
+      in relay // {{
+        nginx = import {CONFIG}/nginx.nix {{ inherit (relay) settings; inherit paths; }};
+      }}
+    """
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def nginx_conf(relay: dict) -> str:
+    paths = relay["paths"]
+    return render.nginx_conf(relay["nginx"], DOMAIN, paths["httpsPort"], paths["tlsCert"],
+                             paths["tlsKey"], paths["acmeWebroot"])
+
+
+def listens(conf: str) -> list[str]:
+    return re.findall(r"^\s*listen ([^;]+);", conf, re.MULTILINE)
+
+
+VARIANTS = {
+    "acme": ({}, "acme"),
+    "self-signed": ({}, "self-signed"),
+    "ipv4-only": ({"disable_ipv6": True}, "acme"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request) -> tuple[str, dict]:
+    settings, tls_mode = VARIANTS[request.param]
+    return request.param, evaluate(settings, tls_mode)
+
+
+def test_with_disable_ipv6_no_virtual_host_and_no_stream_listens_on_ipv6():
+    relay = evaluate({"disable_ipv6": True})
+    assert all(not entry["addr"].startswith("[") for entry in relay["nginx"]["defaultListen"])
+    addresses = listens(nginx_conf(relay))
+    assert addresses and not [a for a in addresses if "[" in a], addresses
+
+
+def test_with_ipv6_plain_http_and_the_multiplexer_listen_on_ipv6_too():
+    addresses = listens(nginx_conf(evaluate()))
+    assert "[::]:80" in addresses and "[::]:443" in addresses, addresses
+
+
+def test_the_https_site_listens_on_loopback_only_behind_the_multiplexer():
+    relay = evaluate()
+    tls_side = [entry["addr"] for entry in relay["nginx"]["defaultListen"] if entry["ssl"]]
+    assert tls_side == ["127.0.0.1"]
+    port = relay["paths"]["httpsPort"]
+    tls_listens = [a for a in listens(nginx_conf(relay)) if a.endswith(" ssl")]
+    assert tls_listens == [f"127.0.0.1:{port} ssl"]
+    assert f"default 127.0.0.1:{port};" in relay["nginx"]["streamConfig"]
+
+
+def test_the_certificate_reloads_postfix_and_dovecot_and_leaves_nginx_to_its_own_module():
+    # nixpkgs' nginx module adds nginx.service to reloadServices for a vhost with useACMEHost;
+    # listing it here as well would name it twice.
+    reload = evaluate()["acme"]["reloadServices"]
+    assert sorted(reload) == ["dovecot.service", "postfix.service"]
+
+
+def test_the_lab_proxies_with_http_1_1_like_nixpkgs_recommended_proxy_settings():
+    conf = nginx_conf(evaluate())
+    http = conf[conf.index("http {"):conf.index("  server {")]
+    assert "proxy_http_version 1.1;" in http
+    assert 'proxy_set_header "Connection" "";' in http
+    mxdeliv = conf[conf.index("location = /mxdeliv {"):]
+    mxdeliv = mxdeliv[:mxdeliv.index("  }")]
+    # A location with its own proxy_set_header lines loses the http block's: NixOS repeats them.
+    assert "proxy_set_header X-Forwarded-Server $hostname;" in mxdeliv
+    assert "proxy_request_buffering off;" in mxdeliv
+
+
+def test_the_site_sends_hsts_and_answers_404_outside_its_locations():
+    relay = evaluate()
+    extra = relay["nginx"]["extraConfig"]
+    assert re.search(r'add_header Strict-Transport-Security "max-age=\d+" always;', extra)
+    assert "location / {" in extra and "return 404;" in extra
+
+
+def gixy() -> str:
+    """gixy from the test environment (tools/install-deps puts it beside this Python)."""
+    found = shutil.which("gixy", path=str(Path(sys.executable).parent)) or shutil.which("gixy")
+    assert found, "gixy is missing: tools/install-deps installs gixy-ng into the test venv"
+    return found
+
+
+def test_gixy_finds_nothing_in_the_rendered_nginx_conf(variant, tmp_path):
+    name, relay = variant
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_conf(relay))
+    result = subprocess.run([gixy(), str(conf)], capture_output=True, text=True)
+    assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
+    assert ">> Problem" not in result.stdout, f"{name}:\n{result.stdout}"
