@@ -681,3 +681,13 @@ def test_a_second_session_is_served_while_a_message_is_being_checked(run_filter,
         run_filter("outgoing", scenario)
     finally:
         release.set()
+
+
+def test_a_queue_write_error_of_the_reinjection_is_not_worded_like_an_unreachable_filter(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        code, message = await relay.send(SENDER, [RECIPIENT], data)
+        assert (code, message) == (451, "4.3.0 Error: the relay could not queue the message, try again later")
+
+    run_filter("outgoing", scenario, postfix_reply="451 4.3.0 Error: queue file write error")

@@ -319,9 +319,9 @@ class FilterHandler:
                 refused, _ = await client.sendmail(mail_from, rcpt_tos, data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
-            return f"{first.code} {first.message}"
+            return passed_back(first.code, first.message)
         except aiosmtplib.SMTPResponseException as exc:
-            return f"{exc.code} {exc.message}"
+            return passed_back(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             log.warning("reinjection to %s:%s failed: %s", REINJECT_HOST, self.reinject_port, exc)
             return "451 4.3.0 Local error: could not pass the message on, try again later"
@@ -333,6 +333,23 @@ class FilterHandler:
         # A bug here must defer mail (the sender retries), never bounce it.
         log.exception("%s: internal error", self.mode, exc_info=error)
         return "451 4.3.0 Internal error in the mail filter, try again later"
+
+
+POSTFIX_PROXY_FAILURE_TEXT = "queue file write error"
+REPLY_REINJECT_QUEUE_ERROR = "451 4.3.0 Error: the relay could not queue the message, try again later"
+
+
+def passed_back(code: int, message: str) -> str:
+    """The reinjection listener's refusal as our client should see it.
+
+    Postfix's front smtpd answers "queue file write error" when it cannot
+    reach this filter, and the relay's reject footer explains that text
+    (config/postfix.nix). The same words from the reinjection listener mean
+    something else, so they are reworded and never get that footer.
+    """
+    if POSTFIX_PROXY_FAILURE_TEXT in message:
+        return REPLY_REINJECT_QUEUE_ERROR
+    return f"{code} {message}"
 
 
 def make_smtp_factory(handler: FilterHandler) -> Any:
