@@ -363,7 +363,8 @@ def parse_addr_spec(text: str) -> Mailbox:
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     parser = _Parser(_tokenize(text))
-    if any(token.space_before for token in parser.tokens):
+    # A comment or space before a token shows as its space_before; a trailing comment ends in ")".
+    if any(token.space_before for token in parser.tokens) or text.endswith(")"):
         raise AddressError("white space or comment in an envelope address")
     words = parser.phrase_or_local()
     mailbox = parser.finish_addr_spec(words)

@@ -265,13 +265,22 @@ def from_address(msg: Message) -> Mailbox | None:
         return None
 
 
+def _one_content_type(*parts: Message) -> bool:
+    """Each part has exactly one Content-Type header.
+
+    With two, Python reads the first and some mail clients the last: a
+    message could pass here as encrypted and be shown as cleartext.
+    """
+    return all(len(part.get_all("content-type", [])) == 1 for part in parts)
+
+
 def check_encrypted(msg: Message, outgoing: bool) -> bool:
     """True iff ``msg`` is a PGP/MIME encrypted message (RFC 3156) with a real payload."""
     try:
         if not msg.is_multipart() or msg.get_content_type() != "multipart/encrypted":
             return False
         parts = _subparts(msg)
-        if len(parts) != 2:
+        if len(parts) != 2 or not _one_content_type(msg, *parts):
             return False
         version, payload = parts
         if version.is_multipart() or payload.is_multipart():
@@ -295,7 +304,7 @@ def is_securejoin(msg: Message) -> bool:
         if step not in SECUREJOIN_STEPS or not msg.is_multipart():
             return False
         parts = _subparts(msg)
-        if len(parts) != 1:
+        if len(parts) != 1 or not _one_content_type(msg, *parts):
             return False
         (part,) = parts
         if part.is_multipart() or part.get_content_type() != "text/plain":
