@@ -34,6 +34,15 @@ with warnings.catch_warnings():
 DOMAIN = "chat.example.org"
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the counts of the hostile-input suite when it ran."""
+    import sys
+
+    hostile = sys.modules.get("test_hostile")
+    if hostile is not None and hostile.TALLY["cases"]:
+        terminalreporter.write_line(hostile.summary())
+
+
 # --- configuration -------------------------------------------------------
 
 

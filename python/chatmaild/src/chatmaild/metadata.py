@@ -185,7 +185,11 @@ class MetadataDictProxy(DictProxy):
                 if not user:
                     log.debug("device token lookup without a user")
                     return None
-                return " ".join(self.metadata.get_tokens(user))
+                try:
+                    return " ".join(self.metadata.get_tokens(user))
+                except ValueError as exc:
+                    log.warning("device token lookup refused: %s", exc)
+                    return None
             case ("deltachat", "irohrelay"):
                 return self.config.iroh_relay or None
             case ("deltachat", "turn"):
@@ -202,6 +206,13 @@ class MetadataDictProxy(DictProxy):
         return None
 
     async def handle_set(self, user: str, key: str, value: str) -> bool:
+        try:
+            return await self._handle_set(user, key, value)
+        except ValueError as exc:  # an impossible user name from the dict client
+            log.warning("metadata set of %s refused: %s", key, exc)
+            return False
+
+    async def _handle_set(self, user: str, key: str, value: str) -> bool:
         match split_key(key):
             case ("priv", "devicetoken"):
                 if not value:
