@@ -47,6 +47,7 @@ Encrypted chat mail has three; the bound keeps the parse of one hostile
 message (100 000 empty parts fit in the size limit) short and small."""
 MAX_MIME_DEPTH = 20
 """Multiparts nested deeper than this are refused (chat mail nests two levels)."""
+FEED_CHUNK_BYTES = 64 * 1024
 REPLY_TOO_MANY_PARTS = f"554 5.6.0 Message has more than {MAX_MIME_PARTS} MIME parts"
 REPLY_TOO_DEEP = f"554 5.6.0 MIME parts nested deeper than {MAX_MIME_DEPTH} levels"
 
@@ -189,7 +190,11 @@ def parse_message(data: bytes) -> Message:
 
     parser = email.feedparser.BytesFeedParser(_factory=counting_factory, policy=email.policy.compat32)
     created = 0  # the constructor calls the factory once to probe its signature
-    parser.feed(data)
+    # Fed in slices: each C-level step (decoding, line splitting) then holds the GIL
+    # only briefly, so the event loop's thread keeps its turns while a worker parses.
+    view = memoryview(data)
+    for start in range(0, len(data), FEED_CHUNK_BYTES):
+        parser.feed(bytes(view[start : start + FEED_CHUNK_BYTES]))
     msg = parser.close()
     if mime_depth(msg) > MAX_MIME_DEPTH:
         raise MimeLimitError(REPLY_TOO_DEEP)
