@@ -278,8 +278,9 @@ class FilterHandler:
         spending DNS lookups and RSA work on it. An IP-literal domain is
         checked against ``client_address`` even when DKIM checks are off.
         """
-        if verdict.from_addr.rpartition("@")[2].startswith("["):
-            refusal = dkimcheck.check_ip_literal(verdict.from_addr.rpartition("@")[2], client_address)
+        domain = verdict.from_addr.rpartition("@")[2]
+        if domain.startswith("["):
+            refusal = dkimcheck.check_ip_literal(domain, client_address)
             if refusal is not None:
                 log.info("incoming: refused %s mail: %s", verdict.kind, refusal)
             return refusal
