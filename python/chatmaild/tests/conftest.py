@@ -9,6 +9,8 @@ so it can be swapped out in one place.
 from __future__ import annotations
 
 import base64
+import os
+import tempfile
 import textwrap
 import uuid
 import warnings
@@ -32,6 +34,18 @@ with warnings.catch_warnings():
     )
 
 DOMAIN = "chat.example.org"
+
+# Hypothesis caches (constants, Unicode tables) outside the source tree, not in ./.hypothesis.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "chatmaild-hypothesis"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the counts of the hostile-input suite when it ran."""
+    import sys
+
+    hostile = sys.modules.get("test_hostile")
+    if hostile is not None and hostile.TALLY["cases"]:
+        terminalreporter.write_line(hostile.summary())
 
 
 # --- configuration -------------------------------------------------------

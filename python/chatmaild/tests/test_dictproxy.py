@@ -184,3 +184,34 @@ def test_a_regular_file_at_the_socket_path_is_not_deleted(tmp_path: Path):
     with pytest.raises(FileExistsError, match="not a socket"):
         asyncio.run(MemoryDict().start(path))
     assert path.read_text() == "precious"
+
+
+def test_the_socket_queues_many_simultaneous_connects(socket_path):
+    """200 Dovecot processes connecting at once must not get resets (asyncio's default backlog is 100)."""
+    import socket
+
+    wanted = 300
+
+    async def main() -> int:
+        server = await MemoryDict().start(socket_path)
+        accepted = 0
+        sockets = []
+        try:
+            # The loop does not run in between, so nothing is accepted: only the backlog holds them.
+            for _ in range(wanted):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sockets.append(sock)
+                try:
+                    sock.connect(str(socket_path))
+                except BlockingIOError:
+                    break
+                accepted += 1
+        finally:
+            for sock in sockets:
+                sock.close()
+            server.close()
+        return accepted
+
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert asyncio.run(main()) == min(wanted, somaxconn + 1)

@@ -11,7 +11,11 @@ from chatmaild.dkimcheck import (
     REPLY_NO_VALID_SIGNATURE,
     DkimVerifier,
     DnsTemporaryError,
+    MAX_SIGNATURES_CHECKED,
+    REPLY_IP_LITERAL_MISMATCH,
+    REPLY_IP_LITERAL_NO_CLIENT,
     KeyCache,
+    client_ip,
     is_ip_literal,
 )
 
@@ -19,8 +23,10 @@ REMOTE = "remote.example"
 ALICE = f"alice@{REMOTE}"
 
 
-def check(verifier: DkimVerifier, data: bytes, from_addr: str = ALICE) -> str | None:
-    return asyncio.run(verifier.check(data, from_addr))
+def check(
+    verifier: DkimVerifier, data: bytes, from_addr: str = ALICE, client_address: str | None = None
+) -> str | None:
+    return asyncio.run(verifier.check(data, from_addr, client_address))
 
 
 @pytest.fixture
@@ -87,10 +93,66 @@ def test_malformed_signature_header_is_refused(verifier, mail):
     assert check(verifier, data) == REPLY_NO_VALID_SIGNATURE
 
 
-@pytest.mark.parametrize("domain", ["[192.0.2.1]", "[IPv6:2001:db8::1]", "[ipv6:::1]"])
-def test_ip_literal_from_domain_skips_dkim(verifier, mails, domain):
+IP_LITERAL_CLIENTS = [
+    ("[192.0.2.1]", "192.0.2.1"),
+    ("[IPv6:2001:db8::1]", "IPV6:2001:db8::1"),
+    ("[ipv6:::1]", "IPV6:0:0::1"),
+    ("[192.0.2.1]", "IPV6:::ffff:192.0.2.1"),
+]
+
+
+@pytest.mark.parametrize(("domain", "client"), IP_LITERAL_CLIENTS)
+def test_ip_literal_from_domain_is_accepted_only_from_that_client(verifier, mails, domain, client):
     data = mails.make("encrypted", from_addr=f"alice@{domain}")
-    assert check(verifier, data, from_addr=f"alice@{domain}") is None
+    assert check(verifier, data, f"alice@{domain}", client_address=client) is None
+
+
+@pytest.mark.parametrize("client", ["192.0.2.2", "IPV6:2001:db8::2", "127.0.0.1"])
+@pytest.mark.parametrize("domain", ["[192.0.2.1]", "[IPv6:2001:db8::1]"])
+def test_ip_literal_from_domain_of_another_client_is_refused(verifier, mails, domain, client):
+    data = mails.make("encrypted", from_addr=f"alice@{domain}")
+    assert check(verifier, data, f"alice@{domain}", client_address=client) == REPLY_IP_LITERAL_MISMATCH
+
+
+@pytest.mark.parametrize("client", [None, "", "[UNAVAILABLE]", "[TEMPUNAVAIL]", "IPV6:fe80::1%eth0"])
+def test_ip_literal_from_domain_without_a_known_client_is_refused(verifier, mails, client):
+    data = mails.make("encrypted", from_addr="alice@[192.0.2.1]")
+    assert check(verifier, data, "alice@[192.0.2.1]", client_address=client) == REPLY_IP_LITERAL_NO_CLIENT
+
+
+def test_xforward_client_addresses_are_read_as_postfix_writes_them():
+    assert str(client_ip("IPV6:2001:DB8::1")) == "2001:db8::1"
+    assert str(client_ip("ipv6:::ffff:192.0.2.7")) == "192.0.2.7"
+    assert client_ip("192.0.2.300") is None
+
+
+def test_signature_with_a_body_length_tag_is_ignored(verifier, dkim_domains, mail):
+    import dkim
+
+    signature = dkim.sign(
+        mail,
+        b"sel1",
+        REMOTE.encode(),
+        dkim_domains.private_pem,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[b"from", b"to", b"subject"],
+        length=True,
+    )
+    assert b" l=" in signature or b";l=" in signature or b"\tl=" in signature
+    dkim_domains.published[f"sel1._domainkey.{REMOTE}."] = dkim_domains.record
+    # Anything appended to the body would still verify against such a signature.
+    replayed = signature + mail + b"\r\nBuy now!\r\n"
+    assert check(verifier, replayed) == REPLY_NO_VALID_SIGNATURE
+    assert dkim_domains.queries == []
+
+
+def test_at_most_a_few_signatures_of_the_from_domain_are_checked(verifier, dkim_domains, mail):
+    bogus = b"".join(
+        f"DKIM-Signature: v=1; a=rsa-sha256; d={REMOTE}; s=s{i}; h=from; bh=AAAA; b=AAAA\r\n".encode()
+        for i in range(50)
+    )
+    assert check(verifier, bogus + mail) == REPLY_NO_VALID_SIGNATURE
+    assert len(dkim_domains.queries) == MAX_SIGNATURES_CHECKED
 
 
 @pytest.mark.parametrize("domain", ["[not an ip]", "192.0.2.1", "[192.0.2.1", "[IPv6:300.1.1.1]"])

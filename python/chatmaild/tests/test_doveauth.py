@@ -235,6 +235,11 @@ def test_unknown_paths_and_methods_are_refused(run_server):
         (b"GARBAGE\r\n\r\n", 400),
         (b"POST /passdb HTTP/1.1\r\nbroken header line\r\n\r\n", 400),
         (b"POST /passdb HTTP/1.1\r\nContent-Length: many\r\n\r\n", 400),
+        (b"POST /passdb HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", 400),
+        (b"POST /passdb HTTP/1.1\r\nContent-Length: 1\xb9\r\n\r\n", 400),
+        (b"POST /passdb HTTP/1.1\r\nContent-Length: \xc2\xb2\r\n\r\n", 400),
+        (b"POST /passdb HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST /passdb HTTP/1.1\r\nContent-Length: +12\r\n\r\n", 400),
         (b"POST /passdb HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         (b"POST /passdb HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 413),
         (b"POST /passdb HTTP/1.1\r\nX-Filler: " + b"x" * 9000 + b"\r\n\r\n", 413),
@@ -307,3 +312,31 @@ def test_cli_names_a_missing_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.ini")])
     assert "missing.ini: configuration file not found" in capsys.readouterr().err
+
+
+def test_non_ascii_digit_in_content_length_gives_a_clean_400_before_the_token_check(run_server, caplog):
+    async def scenario(port: int) -> None:
+        raw = b"POST /passdb HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n"
+        status, body = await http(port, "POST", "/passdb", raw=raw)
+        assert status == 400
+        assert b"invalid Content-Length" in body
+
+    with caplog.at_level(logging.DEBUG):
+        run_server(scenario)
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+@pytest.mark.parametrize("spelling", ["\u212aabcdefgh", "\u0130abcdefgh", "abcdefgh\u212a", "ABCDEFGH\u212a"])
+def test_non_ascii_spellings_do_not_reach_or_create_ascii_accounts(run_server, config, spelling):
+    existing = "kabcdefgh@chat.example.org"
+    domain = "@chat.example.org"
+
+    async def scenario(port: int) -> None:
+        assert (await http(port, "POST", "/passdb", passdb_body(existing)))[0] == 200
+        assert (await http(port, "POST", "/passdb", passdb_body(spelling + domain)))[0] == 404
+        assert (await http(port, "POST", "/userdb", (spelling + domain).encode()))[0] == 404
+        assert (await http(port, "POST", "/passdb", passdb_body("abcdefghk" + domain)))[0] == 200
+
+    run_server(scenario)
+    accounts = sorted(path.name for path in config.mailboxes_dir.iterdir())
+    assert accounts == ["abcdefghk@chat.example.org", existing]

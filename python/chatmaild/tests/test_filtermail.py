@@ -273,9 +273,10 @@ def test_incoming_cleartext_to_recipients_without_marker_is_accepted(
     run_filter, mails, make_config, dkim_domains
 ):
     legacy = f"legacyuser@{DOMAIN}"
-    user = make_config().get_user(legacy)
-    user.set_password("{SHA512-CRYPT}$6$salt$hash")
-    user.allow_incoming_cleartext()
+    for addr in (legacy, RECIPIENT):
+        user = make_config().get_user(addr)
+        user.set_password("{SHA512-CRYPT}$6$salt$hash")
+        user.allow_incoming_cleartext()
     data = dkim_domains.sign(mails.make("plain", from_addr="alice@remote.example", to_addr=legacy), REMOTE)
 
     async def scenario(relay: Relay) -> None:
@@ -488,3 +489,205 @@ def test_truncated_openpgp_packet_is_not_encrypted(mails):
     truncated = data.replace(b"\r\n".join(lines[end - 3 : end]), b"\r\n".join(lines[end - 3 : end - 2]))
     assert truncated != data
     assert check_outgoing(SENDER, [RECIPIENT], truncated).reply.startswith("523")
+
+
+# --- the client's address (XFORWARD) and IP-literal senders -------------------
+
+
+async def send_as_postfix(relay: Relay, client_addr: str | None, mail_from: str, rcpt_tos: list[str], data: bytes):
+    """One transaction as Postfix's before-queue proxy runs it: EHLO, XFORWARD, MAIL, RCPT, DATA."""
+    smtp = await relay.client()
+    try:
+        response = await smtp.ehlo()
+        assert "XFORWARD ADDR" in response.message
+        if client_addr is not None:
+            reply = await smtp.execute_command(b"XFORWARD", b"NAME=spike.porcupine.org", f"ADDR={client_addr}".encode())
+            assert reply.code == 250
+        await smtp.mail(mail_from)
+        for rcpt in rcpt_tos:
+            await smtp.rcpt(rcpt)
+        response = await smtp.data(data)
+        return response.code, response.message
+    except aiosmtplib.SMTPResponseException as exc:
+        return exc.code, exc.message
+    finally:
+        smtp.close()
+
+
+def _strict_user(make_config, addr: str = f"strictuser@{DOMAIN}") -> str:
+    make_config().get_user(addr).set_password("{SHA512-CRYPT}$6$salt$hash")
+    return addr
+
+
+@pytest.mark.parametrize(("literal", "client"), [("[192.0.2.1]", "192.0.2.1"), ("[IPv6:2001:db8::1]", "IPV6:2001:DB8::1")])
+def test_ip_literal_sender_is_accepted_from_the_client_with_that_address(run_filter, mails, make_config, literal, client):
+    strict = _strict_user(make_config)
+    sender = f"x@{literal}"
+    data = mails.make("encrypted", from_addr=sender, to_addr=strict)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await send_as_postfix(relay, client, sender, [strict], data))[0] == 250
+        assert len(relay.postfix.received) == 1
+
+    run_filter("incoming", scenario)
+
+
+@pytest.mark.parametrize("client", [None, "192.0.2.99", "127.0.0.1", "[UNAVAILABLE]"])
+@pytest.mark.parametrize("kind", ["encrypted", "securejoin-vc"])
+def test_ip_literal_sender_from_another_or_unknown_client_is_refused(run_filter, mails, make_config, client, kind):
+    strict = _strict_user(make_config)
+    data = mails.make(kind, from_addr="x@[192.0.2.1]", to_addr=strict, subject="Buy now")
+
+    async def scenario(relay: Relay) -> None:
+        code, message = await send_as_postfix(relay, client, "x@[192.0.2.1]", [strict], data)
+        assert code == 554 and "domain literal" in message
+        assert relay.postfix.received == []
+
+    run_filter("incoming", scenario)
+
+
+def test_ip_literal_sender_is_checked_even_with_dkim_switched_off(make_config, mails, monkeypatch):
+    monkeypatch.setenv("CHATMAIL_SKIP_DKIM", "1")
+    handler = FilterHandler(make_config(), "incoming")
+    verdict = handler.judge("x@[192.0.2.1]", [RECIPIENT], mails.make("securejoin-vc", from_addr="x@[192.0.2.1]"))
+    assert asyncio.run(handler.check_origin(b"", verdict, None)).startswith("554 5.7.1")
+    assert asyncio.run(handler.check_origin(b"", verdict, "192.0.2.1")) is None
+
+
+def test_xforward_inside_a_transaction_is_refused(run_filter):
+    async def scenario(relay: Relay) -> None:
+        smtp = await relay.client()
+        await smtp.ehlo()
+        await smtp.mail(SENDER)
+        reply = await smtp.execute_command(b"XFORWARD", b"ADDR=192.0.2.1")
+        assert reply.code == 503
+        bad = await smtp.execute_command(b"RSET")
+        assert bad.code == 250
+        assert (await smtp.execute_command(b"XFORWARD", b"BOGUS=1")).code == 501
+        assert (await smtp.execute_command(b"XFORWARD", b"ADDR=IPV6+3A2001+3Adb8+3A+3A1")).code == 250
+        smtp.close()
+
+    run_filter("incoming", scenario)
+
+
+def test_xforward_values_are_xtext_decoded():
+    from chatmaild.filtermail import parse_xforward
+
+    assert parse_xforward("ADDR=IPV6+3A2001+3Adb8+3A+3A1 NAME=[UNAVAILABLE]") == {
+        "ADDR": "IPV6:2001:db8::1",
+        "NAME": "[UNAVAILABLE]",
+    }
+    assert parse_xforward("ADDR") is None
+    assert parse_xforward("") is None
+
+
+# --- address extensions --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "mailbox"),
+    [
+        ("bob+x@d.example", "bob@d.example"),
+        ("Bob+x+y@D.example", "bob@d.example"),
+        ("bob@d.example", "bob@d.example"),
+        ("+bob@d.example", "+bob@d.example"),
+        ("bob+@d.example", "bob@d.example"),
+        ("postmaster+x@d.example", "postmaster@d.example"),
+        ("MAILER-DAEMON+x@d.example", "mailer-daemon@d.example"),
+    ],
+)
+def test_recipient_extensions_are_cut_off_as_postfix_does(rcpt, mailbox):
+    from chatmaild.filtermail import mailbox_of_recipient
+
+    assert mailbox_of_recipient(rcpt) == mailbox
+
+
+def test_reserved_local_parts_are_never_split_whatever_the_delimiter():
+    from chatmaild.filtermail import mailbox_of_recipient
+
+    assert mailbox_of_recipient("mailer-daemon@d.example", "-") == "mailer-daemon@d.example"
+    assert mailbox_of_recipient("Double-Bounce@d.example", "-") == "double-bounce@d.example"
+    assert mailbox_of_recipient("bob-x@d.example", "+-") == "bob@d.example"
+
+
+@pytest.mark.parametrize("rcpt", ["strictuser+x@", "STRICTUSER+anything@", "strictuser+@"])
+def test_cleartext_to_an_extension_of_a_strict_recipient_is_refused(run_filter, mails, make_config, dkim_domains, rcpt):
+    _strict_user(make_config)
+    rcpt += DOMAIN
+    data = dkim_domains.sign(mails.make("plain", from_addr=f"alice@{REMOTE}", to_addr=rcpt), REMOTE)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(f"alice@{REMOTE}", [rcpt], data))[0] == 523
+        assert relay.postfix.received == []
+
+    run_filter("incoming", scenario)
+
+
+def test_cleartext_to_an_unknown_local_recipient_is_refused(run_filter, mails, dkim_domains):
+    data = dkim_domains.sign(mails.make("plain", from_addr=f"alice@{REMOTE}", to_addr=f"nobody@{DOMAIN}"), REMOTE)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(f"alice@{REMOTE}", [f"nobody@{DOMAIN}"], data))[0] == 523
+
+    run_filter("incoming", scenario)
+
+
+def test_cleartext_to_an_extension_of_a_legacy_recipient_is_accepted(run_filter, mails, make_config, dkim_domains):
+    user = make_config().get_user(f"legacyuser@{DOMAIN}")
+    user.set_password("{SHA512-CRYPT}$6$salt$hash")
+    user.allow_incoming_cleartext()
+    rcpt = f"legacyuser+news@{DOMAIN}"
+    data = dkim_domains.sign(mails.make("plain", from_addr=f"alice@{REMOTE}", to_addr=rcpt), REMOTE)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(f"alice@{REMOTE}", [rcpt], data))[0] == 250
+
+    run_filter("incoming", scenario)
+
+
+# --- the event loop stays free while a message is checked ------------------------
+
+
+def test_a_second_session_is_served_while_a_message_is_being_checked(run_filter, mails, monkeypatch):
+    """The first message's check is held in its worker; the second session must still complete."""
+    import threading
+
+    from chatmaild import mimecheck
+
+    started, release = threading.Event(), threading.Event()
+    real_check = mimecheck.check_outgoing
+
+    def held_check(mail_from, rcpt_tos, data):
+        if b"HOLD-THIS-ONE" in data:
+            started.set()
+            release.wait(5)
+        return real_check(mail_from, rcpt_tos, data)
+
+    monkeypatch.setattr(mimecheck, "check_outgoing", held_check)
+    held = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT, subject="HOLD-THIS-ONE")
+    other = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        first = asyncio.create_task(relay.send(SENDER, [RECIPIENT], held))
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, started.wait, 5)
+        assert await relay.send(SENDER, [RECIPIENT], other) == (250, "OK")
+        assert not first.done(), "the held check must still be running"
+        release.set()
+        assert await first == (250, "OK")
+        assert [r.data for r in relay.postfix.received] == [other, held]
+
+    try:
+        run_filter("outgoing", scenario)
+    finally:
+        release.set()
+
+
+def test_a_queue_write_error_of_the_reinjection_is_not_worded_like_an_unreachable_filter(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        code, message = await relay.send(SENDER, [RECIPIENT], data)
+        assert (code, message) == (451, "4.3.0 Error: the relay could not queue the message, try again later")
+
+    run_filter("outgoing", scenario, postfix_reply="451 4.3.0 Error: queue file write error")

@@ -85,3 +85,34 @@ def test_help_describes_the_socket_option(capsys):
     assert exc.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "[--socket PATH]" in out and "CONFIG" in out
+
+
+def set_in_transaction(config, path, user: str, key: str, value: str, now: float = 1_800_000_000) -> bytes:
+    request = f"B1\t{user}\t0\nS1\t{key}\t{value}\nC1\n".encode()
+    proxy = LastLoginDictProxy(config, now=lambda: now)
+    return run_with_server(proxy, path, lambda: exchange(path, request))
+
+
+@pytest.mark.parametrize("user", ["other01@chat.example.org", ""])
+def test_a_transaction_can_only_set_its_own_users_last_login(config, account, socket_path, user):
+    before = account.password_path.stat().st_mtime
+    assert set_in_transaction(config, socket_path, user, f"shared/last-login/{ADDR}", "1700000000") == b"F\n"
+    assert account.password_path.stat().st_mtime == before
+
+
+def test_the_own_user_is_matched_without_regard_to_case(config, account, socket_path):
+    assert set_in_transaction(config, socket_path, ADDR.upper(), f"shared/last-login/{ADDR}", "1700000000") == b"O\n"
+    assert int(account.password_path.stat().st_mtime) == 1700000000 // 86400 * 86400
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-86400", str(1_800_000_000 + 86400), "99999999999999", "١٢٣", "1_0", " 5"])
+def test_implausible_login_times_are_refused(config, account, socket_path, value):
+    before = account.password_path.stat().st_mtime
+    assert set_in_transaction(config, socket_path, ADDR, f"shared/last-login/{ADDR}", value) == b"F\n"
+    assert account.password_path.stat().st_mtime == before
+
+
+def test_a_login_time_slightly_ahead_of_the_clock_is_taken(config, account, socket_path):
+    ts = 1_800_000_000 + 60
+    assert set_in_transaction(config, socket_path, ADDR, f"shared/last-login/{ADDR}", str(ts)) == b"O\n"
+    assert int(account.password_path.stat().st_mtime) == ts // 86400 * 86400

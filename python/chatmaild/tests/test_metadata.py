@@ -244,3 +244,46 @@ def test_without_a_turn_secret_file_no_turn_server_is_offered(config, metadata, 
     assert config.turn_secret_file is None
     proxy = MetadataDictProxy(config, metadata, RecordingNotifier())
     assert talk(proxy, socket_path, b"Lshared/vendor/deltachat/turn\tu@x\n") == b"N\n"
+
+
+def test_an_account_keeps_at_most_the_newest_tokens_oldest_expire_first(config, mailbox):
+    from chatmaild.metadata import MAX_TOKENS_PER_ACCOUNT
+
+    clock = [NOW - 5000.0]
+    metadata = Metadata(config.mailboxes_dir, now=lambda: clock[0])
+    for i in range(MAX_TOKENS_PER_ACCOUNT + 980):
+        clock[0] += 1
+        metadata.add_token(ADDR, f"token-{i:04}")
+    tokens = metadata.get_tokens(ADDR)
+    assert len(tokens) == MAX_TOKENS_PER_ACCOUNT
+    assert tokens == [f"token-{i:04}" for i in range(980, 980 + MAX_TOKENS_PER_ACCOUNT)]
+    # A refreshed old token survives the next registrations; the unrefreshed oldest go.
+    clock[0] += 1
+    metadata.add_token(ADDR, "token-0980")
+    clock[0] += 1
+    metadata.add_token(ADDR, "brand-new")
+    tokens = metadata.get_tokens(ADDR)
+    assert "token-0980" in tokens and "brand-new" in tokens and "token-0981" not in tokens
+    assert len(tokens) == MAX_TOKENS_PER_ACCOUNT
+
+
+def test_a_delivery_queues_at_most_the_token_cap_even_from_an_oversized_file(config, mailbox, metadata, socket_path):
+    from chatmaild.metadata import MAX_TOKENS_PER_ACCOUNT
+
+    stored = {f"t{i}": NOW - 1000 + i for i in range(1000)}
+    (mailbox / "metadata.json").write_text(json.dumps({"devicetoken": stored}))
+    notifier = RecordingNotifier()
+    request = f"B1\t{ADDR}\nS1\tpriv/guid/messagenew\t\nC1\n".encode()
+    assert talk(make_proxy(config, metadata, notifier), socket_path, request) == b"O\n"
+    assert [token for _, token in notifier.queued] == [f"t{i}" for i in range(1000 - MAX_TOKENS_PER_ACCOUNT, 1000)]
+
+
+def test_an_oversized_token_is_refused_with_a_clear_metadata_error(config, mailbox, metadata, socket_path):
+    from chatmaild.metadata import MAX_TOKEN_BYTES
+
+    request = f"B1\t{ADDR}\nS1\tpriv/guid/devicetoken\t{'x' * (MAX_TOKEN_BYTES + 1)}\nC1\n".encode()
+    reply = talk(make_proxy(config, metadata), socket_path, request)
+    assert reply == f"F\tMETADATA device token larger than {MAX_TOKEN_BYTES} bytes refused\n".encode()
+    assert metadata.get_tokens(ADDR) == []
+    fitting = f"B1\t{ADDR}\nS1\tpriv/guid/devicetoken\t{'x' * MAX_TOKEN_BYTES}\nC1\n".encode()
+    assert talk(make_proxy(config, metadata), socket_path, fitting) == b"O\n"

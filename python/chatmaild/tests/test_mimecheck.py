@@ -13,6 +13,7 @@ from chatmaild.mimecheck import (
     check_incoming,
     check_openpgp_packets,
     check_outgoing,
+    from_address,
     is_mailer_daemon_report,
     is_securejoin,
     parse_message,
@@ -45,7 +46,7 @@ def make(mails, kind: str) -> bytes:
 def test_each_kind_of_mail_is_classified(mails, kind):
     msg = parse_message(make(mails, kind))
     expected = CLASSIFICATION[kind]
-    actual = (check_encrypted(msg, outgoing=True), is_securejoin(msg), is_mailer_daemon_report(msg))
+    actual = (check_encrypted(msg, outgoing=True), is_securejoin(msg), is_mailer_daemon_report(msg, from_address(msg)))
     assert actual == expected
 
 
@@ -320,7 +321,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 PROPERTY_SETTINGS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
@@ -487,3 +488,134 @@ def test_armored_packets_are_judged_like_the_binary(case, checksum, trailing):
     binary, valid = case
     text = armor(binary, checksum=checksum) + "\r\n" * trailing
     assert check_armored_payload(text, outgoing=True) == (valid and bool(binary))
+
+
+# --- From and Sender: exactly one header, exactly one mailbox ---------------
+
+
+def _with_headers(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in data
+    return data.replace(old, new, 1)
+
+
+def test_two_from_headers_are_refused_even_with_the_senders_own_first(mails):
+    data = mails.make("encrypted", from_addr=SENDER)
+    data = _with_headers(data, b"To: ", b"From: <victim@chat.example.org>\r\nTo: ")
+    verdict = check_outgoing(SENDER, [RECIPIENT], data)
+    assert verdict.reply == "500 Invalid FROM header: expected one from header, found 2"
+    assert not check_incoming(SENDER, [RECIPIENT], data, lambda rcpt: True).accept
+
+
+@pytest.mark.parametrize(
+    "from_value",
+    [
+        f"<{SENDER}>, <victim@{DOMAIN}>",
+        f"{SENDER} <victim@{DOMAIN}>",
+        f"{SENDER}, victim@{DOMAIN}",
+        f"<{SENDER}> <victim@{DOMAIN}>",
+        f"<{SENDER}>,",
+        "undisclosed-recipients:;",
+        f"friends: <{SENDER}>;",
+    ],
+)
+def test_from_header_must_hold_exactly_one_mailbox(mails, from_value):
+    data = _with_headers(mails.make("encrypted", from_addr=SENDER), f"From: <{SENDER}>".encode(), f"From: {from_value}".encode())
+    verdict = check_outgoing(SENDER, [RECIPIENT], data)
+    assert not verdict.accept
+    assert verdict.reply.startswith("500 Invalid FROM")
+
+
+@pytest.mark.parametrize(
+    "from_value",
+    [f"Sender Name <{SENDER}>", f'"Name, with comma" <{SENDER}>', f"{SENDER} (comment)", SENDER, f'"sender"@{DOMAIN}'],
+)
+def test_the_forms_of_ones_own_address_are_accepted(mails, from_value):
+    data = _with_headers(mails.make("encrypted", from_addr=SENDER), f"From: <{SENDER}>".encode(), f"From: {from_value}".encode())
+    assert check_outgoing(SENDER, [RECIPIENT], data).accept
+
+
+def test_sender_header_must_be_the_envelope_sender_too(mails):
+    base = mails.make("encrypted", from_addr=SENDER)
+    own = _with_headers(base, b"To: ", f"Sender: <{SENDER}>\r\nTo: ".encode())
+    assert check_outgoing(SENDER, [RECIPIENT], own).accept
+    other = _with_headers(base, b"To: ", f"Sender: <victim@{DOMAIN}>\r\nTo: ".encode())
+    assert check_outgoing(SENDER, [RECIPIENT], other).reply == f"500 Invalid Sender <victim@{DOMAIN}> for <{SENDER}>"
+    two = _with_headers(own, b"To: ", f"Sender: <victim@{DOMAIN}>\r\nTo: ".encode())
+    assert check_outgoing(SENDER, [RECIPIENT], two).reply.startswith("500 Invalid Sender header")
+    listed = _with_headers(base, b"To: ", f"Sender: <{SENDER}>, <victim@{DOMAIN}>\r\nTo: ".encode())
+    assert not check_outgoing(SENDER, [RECIPIENT], listed).accept
+
+
+@pytest.mark.parametrize("addr", ["user@[192.0.2.1]", "user@[IPv6:2001:db8::1]"])
+def test_users_of_an_ip_literal_relay_can_send(mails, addr):
+    data = mails.make("encrypted", from_addr=addr, to_addr="peer@[192.0.2.9]")
+    verdict = check_outgoing(addr, ["peer@[192.0.2.9]"], data)
+    assert (verdict.accept, verdict.from_addr) == (True, addr)
+
+
+def test_ip_literal_sender_is_read_as_one_address_by_the_incoming_check(mails):
+    data = mails.make("securejoin-vc", from_addr="x@[192.0.2.1]")
+    verdict = check_incoming("x@[192.0.2.1]", [RECIPIENT], data, lambda rcpt: False)
+    assert (verdict.accept, verdict.from_addr, verdict.reinject_from) == (True, "x@[192.0.2.1]", "x@[192.0.2.1]")
+
+
+# --- bounces ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["no", "No", "", "  no ; reason", "yes please"])
+def test_auto_submitted_without_an_automatic_value_is_not_a_bounce(mails, value):
+    data = mails.make("mailer-daemon", from_addr=f"MAILER-DAEMON@{DOMAIN}", to_addr=RECIPIENT)
+    data = _with_headers(data, b"Auto-Submitted: auto-replied", f"Auto-Submitted: {value}".encode())
+    verdict = check_incoming(f"MAILER-DAEMON@{DOMAIN}", [RECIPIENT], data, lambda rcpt: False)
+    assert (verdict.accept, verdict.reply) == (False, REPLY_ENCRYPTION_NEEDED)
+
+
+@pytest.mark.parametrize("value", ["auto-replied", "auto-generated", "Auto-Generated (by the MTA)"])
+def test_automatic_auto_submitted_values_make_a_bounce(mails, value):
+    data = mails.make("mailer-daemon", from_addr=f"MAILER-DAEMON@{DOMAIN}", to_addr=RECIPIENT)
+    data = _with_headers(data, b"Auto-Submitted: auto-replied", f"Auto-Submitted: {value}".encode())
+    assert check_incoming("", [RECIPIENT], data, lambda rcpt: False).kind == "mailer-daemon"
+
+
+def test_a_bounce_needs_the_delivery_status_structure(mails):
+    data = mails.make("mailer-daemon", from_addr=f"MAILER-DAEMON@{DOMAIN}", to_addr=RECIPIENT)
+    no_status_part = data.replace(b"Content-Type: message/delivery-status", b"Content-Type: text/plain")
+    other_report = data.replace(b"report-type=delivery-status", b"report-type=disposition-notification")
+    for variant in (no_status_part, other_report):
+        assert not check_incoming("", [RECIPIENT], variant, lambda rcpt: False).accept
+
+
+# --- MIME bounds -----------------------------------------------------------
+
+
+def _multipart(parts: int) -> bytes:
+    body = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(parts))
+    return (
+        f"From: <{SENDER}>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n".encode() + body + b"--b--\r\n"
+    )
+
+
+def _nested(depth: int) -> bytes:
+    head = f"From: <{SENDER}>\r\n".encode()
+    opening = b"".join(
+        f"Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n".encode() for i in range(depth)
+    )
+    closing = b"".join(f"\r\n--b{i}--\r\n".encode() for i in reversed(range(depth)))
+    return head + opening + b"Content-Type: text/plain\r\n\r\nx" + closing
+
+
+def test_a_message_with_too_many_mime_parts_is_refused_with_a_clear_5xx():
+    from chatmaild.mimecheck import MAX_MIME_PARTS
+
+    assert check_outgoing(SENDER, [RECIPIENT], _multipart(MAX_MIME_PARTS - 2)).reply == REPLY_ENCRYPTION_NEEDED
+    verdict = check_outgoing(SENDER, [RECIPIENT], _multipart(MAX_MIME_PARTS * 100))
+    assert verdict.reply == f"554 5.6.0 Message has more than {MAX_MIME_PARTS} MIME parts"
+
+
+def test_mime_parts_nested_too_deeply_are_refused_with_a_clear_5xx():
+    from chatmaild.mimecheck import MAX_MIME_DEPTH
+
+    assert check_outgoing(SENDER, [RECIPIENT], _nested(MAX_MIME_DEPTH - 1)).reply == REPLY_ENCRYPTION_NEEDED
+    for depth in (MAX_MIME_DEPTH + 1, 900):
+        verdict = check_incoming(SENDER, [RECIPIENT], _nested(depth), lambda rcpt: True)
+        assert verdict.reply == f"554 5.6.0 MIME parts nested deeper than {MAX_MIME_DEPTH} levels"

@@ -168,3 +168,54 @@ def test_incoming_filter_serves_smtp_and_http_on_one_loop(make_config, mails, dk
             await task
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("literal", ["[192.0.2.1]", "[IPv6:2001:db8::1]"])
+def test_ip_literal_sender_is_refused_over_https(run_http, mails, literal):
+    data = mails.make("encrypted", from_addr=f"x@{literal}", to_addr=RECIPIENT)
+
+    async def scenario(client: TestClient, postfix: FakePostfix) -> None:
+        response = await client.post("/mxdeliv", data=data, headers={"X-MAIL-TO": RECIPIENT})
+        assert response.status == 400
+        assert (await response.text()).startswith("554 5.7.1 Invalid FROM domain literal")
+        assert postfix.received == []
+
+    run_http(scenario)
+
+
+def test_an_aborted_upload_logs_one_line_and_no_traceback(make_config, caplog):
+    """Served by mxdeliv.start, as in production (aiohttp's test server cancels handlers instead)."""
+    import logging
+
+    from test_filtermail import free_port
+
+    from chatmaild import mxdeliv
+
+    port = free_port()
+
+    async def main() -> None:
+        handler = FilterHandler(make_config(), "incoming", dkim=DkimVerifier(lookup_txt=None))
+        runner = await mxdeliv.start(handler, "127.0.0.1", port)
+        try:
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(
+                    b"POST /mxdeliv HTTP/1.1\r\nHost: x\r\nX-MAIL-TO: " + RECIPIENT.encode()
+                    + b"\r\nContent-Length: 100000\r\n\r\nFrom: <a@b.example>\r\n"
+                )
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.close()
+            for _ in range(100):  # the server notices the hang-up asynchronously
+                if len([r for r in caplog.records if r.name.startswith("chatmaild.mxdeliv")]) >= 3:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(main())
+    ours = [r for r in caplog.records if r.name.startswith("chatmaild.mxdeliv")]
+    assert [r.getMessage() for r in ours] == ["delivery aborted by the client before the end of the message"] * 3
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

@@ -131,3 +131,57 @@ def test_cli_names_a_bad_listen_address(config: Config, capsys: pytest.CaptureFi
         newemail.main([str(config.path), "--listen", "nowhere"])
 
     assert "invalid listen address 'nowhere'" in capsys.readouterr().err
+
+
+def run_client(app: web.Application, scenario) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def main() -> None:
+        async with TestClient(TestServer(app)) as client:
+            await scenario(client)
+
+    asyncio.run(main())
+
+
+def test_a_client_over_the_rate_limit_gets_429_with_retry_after(config: Config) -> None:
+    from chatmaild.ratelimit import RateLimiter
+
+    now = [1_800_000_000.0]
+    app = make_app(config, RateLimiter(per_minute=6, burst=3, clock=lambda: now[0]))
+
+    async def scenario(client) -> None:
+        one = {"X-Real-IP": "198.51.100.7"}
+        for _ in range(3):
+            assert (await client.post("/new", headers=one)).status == 200
+        refused = await client.post("/new", headers=one)
+        assert refused.status == 429
+        assert refused.headers["Retry-After"] == "10"
+        assert "try again after 2027-01-15T08:00:10Z" in await refused.text()
+        assert (await client.post("/new", headers={"X-Real-IP": "198.51.100.8"})).status == 200
+        now[0] += 10
+        assert (await client.post("/new", headers=one)).status == 200
+
+    run_client(app, scenario)
+
+
+def test_ipv6_clients_are_limited_per_64_block(config: Config) -> None:
+    from chatmaild.ratelimit import RateLimiter
+
+    app = make_app(config, RateLimiter(per_minute=1, burst=2, clock=lambda: 1_800_000_000.0))
+
+    async def scenario(client) -> None:
+        for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
+            assert (await client.get("/new", headers={"X-Real-IP": host})).status == 200
+        assert (await client.get("/new", headers={"X-Real-IP": "2001:db8:1:2::77"})).status == 429
+        assert (await client.get("/new", headers={"X-Real-IP": "2001:db8:1:3::1"})).status == 200
+
+    run_client(app, scenario)
+
+
+def test_the_default_limit_stops_a_flood_from_one_address(config: Config) -> None:
+    async def scenario(client) -> None:
+        statuses = [(await client.post("/new", headers={"X-Real-IP": "203.0.113.5"})).status for _ in range(30)]
+        assert statuses.count(200) == newemail.NEW_BURST
+        assert set(statuses[newemail.NEW_BURST :]) == {429}
+
+    run_client(make_app(config), scenario)

@@ -13,6 +13,8 @@ from aiohttp import web
 from chatmaild.notifier import DEADLINE_SECONDS, Notifier, QueueItem
 
 ADDR = "someone01@chat.example.org"
+FULL_SCHEDULE = [8, 64, 512, 2048, 3600, 3600, 3600, 3600, 968]
+"""The waits between attempts when the proxy never answers: the last attempt is at 5 hours."""
 
 
 class PushProxy:
@@ -122,8 +124,8 @@ def test_server_errors_are_retried_on_the_schedule_then_dropped(tmp_path, caplog
 
     with caplog.at_level(logging.WARNING, logger="chatmaild.notifier"):
         run(proxy, body)
-    assert clock.sleeps == [8, 64, 512, 4096]
-    assert len(proxy.bodies) == 5
+    assert clock.sleeps == FULL_SCHEDULE
+    assert len(proxy.bodies) == len(FULL_SCHEDULE) + 1
     assert dropped == []
     assert queue_files(tmp_path) == []
     assert "exceeded its deadline" in caplog.text
@@ -157,7 +159,7 @@ def test_an_unreachable_proxy_is_retried_like_an_error(tmp_path):
         await notifier.stop()
 
     run(PushProxy(), body)
-    assert clock.sleeps == [8, 64, 512, 4096]
+    assert clock.sleeps == FULL_SCHEDULE
 
 
 def test_persisted_items_are_resent_after_a_restart_within_their_deadline(tmp_path):
@@ -193,8 +195,8 @@ def test_an_old_item_is_given_up_at_its_deadline(tmp_path):
         await notifier.stop()
 
     run(proxy, body)
-    assert clock.sleeps == [8]
-    assert len(proxy.bodies) == 2
+    assert clock.sleeps == [8, 2]  # the last wait is cut to end on the deadline
+    assert len(proxy.bodies) == 3
     assert queue_files(tmp_path) == []
 
 
@@ -252,4 +254,73 @@ def test_the_number_of_concurrent_requests_is_bounded(tmp_path):
     run(proxy, body)
     assert proxy.max_in_flight == 4
     assert len(proxy.bodies) == 20
+    assert queue_files(tmp_path) == []
+
+
+class StampingProxy(PushProxy):
+    """Records the injected clock's time of every request."""
+
+    def __init__(self, clock: Clock, **kw) -> None:
+        super().__init__(**kw)
+        self.clock = clock
+        self.times: list[float] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.times.append(self.clock.now())
+        return await super().handle(request)
+
+
+def test_a_failing_notification_is_retried_until_five_hours_and_not_after(tmp_path):
+    clock = Clock()
+    proxy = StampingProxy(clock, default=503)
+    start = clock.now()
+
+    async def body(url: str) -> None:
+        notifier = make_notifier(tmp_path, url, clock)
+        await notifier.start()
+        notifier.enqueue(ADDR, "token")
+        await notifier.wait_idle()
+        await notifier.stop()
+
+    run(proxy, body)
+    offsets = [t - start for t in proxy.times]
+    assert offsets[-1] == DEADLINE_SECONDS
+    assert max(b - a for a, b in zip(offsets, offsets[1:])) <= 3600
+    assert len(offsets) <= 12  # a peer that stays down is not hammered
+    assert queue_files(tmp_path) == []
+
+
+def test_a_proxy_back_after_three_hours_still_gets_the_notification(tmp_path):
+    clock = Clock()
+    proxy = StampingProxy(clock, statuses=[503] * 7)
+    start = clock.now()
+
+    async def body(url: str) -> None:
+        notifier = make_notifier(tmp_path, url, clock)
+        await notifier.start()
+        notifier.enqueue(ADDR, "token")
+        await notifier.wait_idle()
+        await notifier.stop()
+
+    run(proxy, body)
+    assert 3 * 3600 <= proxy.times[-1] - start < DEADLINE_SECONDS
+    assert len(proxy.bodies) == 8
+    assert queue_files(tmp_path) == []
+
+
+def test_a_notification_resumed_after_its_deadline_is_dropped_unsent(tmp_path):
+    clock = Clock()
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    (queue / uuid.uuid4().hex).write_bytes(f"{ADDR}\n{int(clock.now()) - DEADLINE_SECONDS - 1}\ntoken".encode())
+    proxy = PushProxy()
+
+    async def body(url: str) -> None:
+        notifier = make_notifier(tmp_path, url, clock)
+        await notifier.start()
+        await notifier.wait_idle()
+        await notifier.stop()
+
+    run(proxy, body)
+    assert proxy.bodies == []
     assert queue_files(tmp_path) == []

@@ -47,8 +47,17 @@ in
     local_transport = "lmtp:unix:private/dovecot-lmtp";
     mailbox_size_limit = 0;
     message_size_limit = settings.max_message_size;
+    # filtermail cuts the same delimiter off in its enforcement lookup (RECIPIENT_DELIMITER).
     recipient_delimiter = "+";
     maximal_queue_lifetime = "2d";
+    # Retry deferred mail soon: a peer relay back after an outage gets its mail within
+    # 10 + 40 s (the queue scan, then at most the longest backoff) without a manual flush.
+    # A peer that stays down is not hammered: the queue manager remembers an unreachable
+    # destination for minimal_backoff_time and probes it with one connection at a time.
+    # queue_run_delay must not exceed minimal_backoff_time (postconf(5)).
+    queue_run_delay = "10s";
+    minimal_backoff_time = "10s";
+    maximal_backoff_time = "40s";
     inet_interfaces = "all";
     inet_protocols = if settings.disable_ipv6 then "ipv4" else "all";
     mynetworks =
@@ -86,6 +95,11 @@ in
       "permit"
     ];
     smtpd_sender_login_maps = map' "login_map";
+
+    # Postfix answers "451 4.3.0 Error: queue file write error" when it cannot reach its
+    # before-queue filter (a fixed text); say what it means. filtermail words its own
+    # temporary errors differently, so only that case matches.
+    smtpd_reject_footer_maps = map' "smtpd_reject_footer";
 
     # Final delivery drops headers that only leak metadata into mailboxes.
     lmtp_header_checks = map' "lmtp_header_cleanup";
@@ -183,6 +197,10 @@ in
       /^DKIM-Signature:/ IGNORE
       /^Authentication-Results:/ IGNORE
       /^Received:/ IGNORE
+    '';
+    # Appended to the reply line ("\c": no line break) when the mail filter is unreachable.
+    smtpd_reject_footer = ''
+      /^4[0-9][0-9] 4\.3\.0 Error: queue file write error$/ \c (the relay's mail filter is not reachable; the message was not accepted, try again later)
     '';
     # IP-literal relays and relays whose domain starts with "_" have no certificate a
     # public CA would sign: require TLS, but do not verify it.

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 64 * 1024
 """Dovecot's own limit for a dict protocol line; anything longer is not from Dovecot."""
 SOCKET_MODE = 0o660
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues before we accept them (asyncio's default is 100).
+
+Every Dovecot process that delivers or logs in connects at once after a
+restart or during a burst; beyond the backlog the kernel refuses them."""
 
 _UNESCAPES = {"1": "\x01", "t": "\t", "n": "\n", "r": "\r", "0": "\0"}
 _ESCAPES = {"\x01": "\x011", "\t": "\x01t", "\n": "\x01n", "\r": "\x01r", "\0": "\x010"}
@@ -75,6 +80,12 @@ class Transaction:
 
     user: str
     ok: bool = True
+    error: str = ""
+    """Why the commit fails, sent to Dovecot, which logs it ("dict-server returned failure: ...")."""
+
+
+class SetRefused(Exception):
+    """Raised by :meth:`DictProxy.handle_set` to fail the commit with a reason for Dovecot's log."""
 
 
 class DictProxy:
@@ -148,6 +159,9 @@ class DictProxy:
                 return ""
             try:
                 accepted = await self.handle_set(transaction.user, key, value)
+            except SetRefused as exc:
+                accepted = False
+                transaction.error = transaction.error or str(exc)
             except Exception:
                 log.exception("set of %s failed", key)
                 accepted = False
@@ -160,7 +174,10 @@ class DictProxy:
             if transaction is None:
                 log.warning("commit of unknown transaction %s answered with failure", tid)
                 return "F\n"
-            return "O\n" if transaction.ok else "F\n"
+            if transaction.ok:
+                return "O\n"
+            # Dovecot reads the failure reason from the field after the first TAB.
+            return f"F\t{tab_escape(transaction.error)}\n" if transaction.error else "F\n"
         if cmd == "R":
             transactions.pop(split_fields(args)[0], None)
             return ""
@@ -208,7 +225,7 @@ class DictProxy:
         remove_stale_socket(path)
         with _umask(0o777 & ~SOCKET_MODE):
             server = await asyncio.start_unix_server(
-                self.serve_connection, path=str(path), limit=MAX_LINE_BYTES + 1
+                self.serve_connection, path=str(path), limit=MAX_LINE_BYTES + 1, backlog=LISTEN_BACKLOG
             )
         os.chmod(path, SOCKET_MODE)
         return server

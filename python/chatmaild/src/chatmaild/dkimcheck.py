@@ -5,8 +5,15 @@ vouches for it with a DKIM signature whose ``d=`` is exactly that domain
 (strict alignment, as DMARC ``adkim=s``; no organisational-domain
 relaxation). Without this, anyone could deliver mail that claims to come
 from a user of another relay. ``From:`` addresses with an IP literal
-domain (``user@[192.0.2.1]``) are exempt: IP-only relays have no DNS name
-to publish a key under.
+domain (``user@[192.0.2.1]``) cannot be signed (IP-only relays have no DNS
+name to publish a key under); they are accepted only from the client
+connected from exactly that address, which Postfix tells the filter with
+XFORWARD, and never over HTTPS, where no such client exists.
+
+Signatures with a body length tag (``l=``) are ignored: they vouch for a
+prefix of the body only, so anything appended to a signed message would
+pass. At most MAX_SIGNATURES_CHECKED signatures of the From domain are
+tried, so that one message cannot cost dozens of key lookups.
 
 Verification is split in two so that the event loop never blocks:
 
@@ -36,6 +43,8 @@ from collections.abc import Awaitable, Callable
 import dkim
 import dkim.util
 
+from .addrparse import domain_literal_ip
+
 log = logging.getLogger(__name__)
 
 # dkimpy logs each signature's tag list at DEBUG and its own errors at ERROR;
@@ -46,6 +55,13 @@ _dkimpy_log.setLevel(logging.WARNING)
 REPLY_NO_SIGNATURE = "554 5.7.1 No DKIM signature found"
 REPLY_NO_VALID_SIGNATURE = "554 5.7.1 No valid DKIM signature found"
 REPLY_DNS_TEMPORARY = "451 4.4.3 DKIM key lookup failed temporarily, try again later"
+REPLY_IP_LITERAL_MISMATCH = "554 5.7.1 Invalid FROM domain literal: not the address of the sending client"
+REPLY_IP_LITERAL_NO_CLIENT = (
+    "554 5.7.1 Invalid FROM domain literal: accepted only over SMTP from that address"
+)
+
+MAX_SIGNATURES_CHECKED = 5
+"""Signatures of the From domain verified per message, in header order; the rest are ignored."""
 
 DNS_TIMEOUT_SECONDS = 60.0
 CACHE_SIZE = 1000
@@ -96,16 +112,39 @@ def should_skip_from_environment() -> bool:
 
 def is_ip_literal(domain: str) -> bool:
     """True for an address literal such as ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``."""
-    if not (domain.startswith("[") and domain.endswith("]")):
-        return False
-    inner = domain[1:-1]
-    if inner[:5].lower() == "ipv6:":
-        inner = inner[5:]
+    return domain_literal_ip(domain) is not None
+
+
+def client_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client address as Postfix's XFORWARD writes it (``IPV6:`` prefix for IPv6), or None.
+
+    ``[UNAVAILABLE]`` and anything else that is not an address give None. An
+    IPv4 client seen on an IPv6 socket (``::ffff:192.0.2.1``) is its IPv4 address.
+    """
+    if not text:
+        return None
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    if "%" in text:
+        return None
     try:
-        ipaddress.ip_address(inner)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return True
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def check_ip_literal(domain: str, client_address: str | None) -> str | None:
+    """The refusal for an IP-literal From domain, or None if the client is that address."""
+    literal = domain_literal_ip(domain)
+    client = client_ip(client_address)
+    if client is None:
+        return REPLY_IP_LITERAL_NO_CLIENT
+    if literal is None or literal != client:
+        return REPLY_IP_LITERAL_MISMATCH
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +211,9 @@ def _parse_signatures(signer: dkim.DKIM) -> list[_Signature]:
             selector = tags[b"s"].decode("ascii").strip()
         except Exception:
             continue
+        if b"l" in tags:
+            log.info("DKIM: signature %d of %s ignored: it covers only part of the body (l=)", index, domain)
+            continue
         found.append(_Signature(index, domain, selector))
     return found
 
@@ -183,11 +225,18 @@ class DkimVerifier:
         self.lookup_txt = lookup_txt
         self.cache = cache if cache is not None else KeyCache()
 
-    async def check(self, data: bytes, from_addr: str) -> str | None:
-        """Return the SMTP refusal for ``data`` claiming to be from ``from_addr``, or None to accept."""
+    async def check(self, data: bytes, from_addr: str, client_address: str | None = None) -> str | None:
+        """Return the SMTP refusal for ``data`` claiming to be from ``from_addr``, or None to accept.
+
+        ``client_address`` is the sending server's IP address (XFORWARD
+        ``ADDR``), or None where there is no such client (HTTPS delivery).
+        """
         domain = from_addr.rpartition("@")[2]
-        if is_ip_literal(domain):
-            return None
+        if domain.startswith("["):
+            refusal = check_ip_literal(domain, client_address)
+            if refusal is not None:
+                log.info("incoming: IP-literal From domain refused: %s", refusal)
+            return refusal
         try:
             signer, signatures, any_signature = await asyncio.to_thread(self._prepare, data)
         except Exception:
@@ -197,6 +246,7 @@ class DkimVerifier:
             log.info("DKIM: no signature, From domain %s", domain)
             return REPLY_NO_SIGNATURE
         aligned = [sig for sig in signatures if sig.domain.lower() == domain.lower()]
+        aligned = aligned[:MAX_SIGNATURES_CHECKED]
         if not aligned:
             log.info("DKIM: no signature by the From domain %s", domain)
             return REPLY_NO_VALID_SIGNATURE

@@ -51,6 +51,7 @@ IDLE_TIMEOUT_SECONDS = 60.0
 PASSWORD_LOCK_TIMEOUT_SECONDS = 5.0
 HASH_SCHEME_PREFIX = "{SHA512-CRYPT}"
 LOCALPART_PATTERN = re.compile(r"^[a-z0-9._-]+$")
+CONTENT_LENGTH_PATTERN = re.compile(r"[0-9]{1,9}")
 
 REASONS = {
     200: "OK",
@@ -268,7 +269,8 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     if "transfer-encoding" in headers:
         raise HttpError(400, "Transfer-Encoding is not supported, send Content-Length")
     length_text = headers.get("content-length", "0")
-    if not length_text.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then rejects.
+    if not CONTENT_LENGTH_PATTERN.fullmatch(length_text):
         raise HttpError(400, f"invalid Content-Length: {length_text[:20]!r}")
     length = int(length_text)
     if length > MAX_BODY_BYTES:
@@ -289,6 +291,19 @@ def render_response(status: int, body: bytes = b"", close: bool = False) -> byte
     if close:
         head.append("Connection: close")
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+def user_name(raw: bytes) -> str | None:
+    """The account name of a login, lower-cased; None unless the raw name is printable ASCII.
+
+    Checked before lower-casing: Unicode case folding maps some non-ASCII
+    letters onto ASCII ones (KELVIN SIGN to ``k``, LATIN CAPITAL I WITH DOT
+    to ``i̇``), which would make a second spelling of an existing account.
+    Account names are ASCII only, so nothing else can name one.
+    """
+    if not raw.isascii() or any(byte < 0x21 or byte == 0x7F for byte in raw):
+        return None
+    return raw.decode("ascii").lower()
 
 
 class DoveauthServer:
@@ -358,8 +373,8 @@ class DoveauthServer:
         raw_user, sep, raw_password = body.partition(b"\n")
         if not sep:
             raise HttpError(400, "passdb body must be <user>\\n<password>")
-        addr = raw_user.decode("utf-8", "replace").lower()
-        if not self.store.is_local(addr):
+        addr = user_name(raw_user)
+        if addr is None or not self.store.is_local(addr):
             return 404, b""
         # Dovecot compares bytes; keep undecodable bytes as they are.
         password = raw_password.decode("utf-8", "surrogateescape")
@@ -369,8 +384,8 @@ class DoveauthServer:
         return 200, password_hash.encode("utf-8")
 
     def userdb(self, body: bytes) -> tuple[int, bytes]:
-        addr = body.decode("utf-8", "replace").lower()
-        if self.store.is_local(addr) and self.store.lookup(addr) is not None:
+        addr = user_name(body)
+        if addr is not None and self.store.is_local(addr) and self.store.lookup(addr) is not None:
             return 200, b""
         return 404, b""
 

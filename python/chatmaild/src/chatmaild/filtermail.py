@@ -16,14 +16,23 @@ Two modes, one process each:
   also serve relays that deliver over HTTPS (:mod:`chatmaild.mxdeliv`).
 
 The decisions themselves live in :mod:`chatmaild.mimecheck`; this module is
-the SMTP plumbing around them, on one asyncio event loop.
+the SMTP plumbing around them, on one asyncio event loop. Parsing a message
+is CPU work (a 20 MB message of short lines takes seconds), so the checks
+run in a small thread pool: the loop keeps serving every other session
+meanwhile.
+
+Postfix tells the filter the real client's address with XFORWARD (the
+filter announces it in its EHLO reply, and Postfix then sends it before
+each transaction); the origin check needs it for IP-literal senders.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +56,19 @@ NULL_SENDER = "<>"
 # Delivery status notification parameters (RFC 3461) on MAIL FROM. We do not
 # act on them, and Postfix sends them through the proxy filter.
 MAIL_DSN_PARAMETERS = frozenset({"RET", "ENVID"})
+
+MIME_WORKERS = 4
+"""Threads that parse and judge messages, so that no message is parsed on the event loop."""
+
+RECIPIENT_DELIMITER = "+"
+"""Postfix's ``recipient_delimiter`` (config/postfix.nix): ``bob+x@`` is delivered to ``bob@``.
+
+Kept here until chatmail.ini carries it; it must equal the Postfix setting."""
+
+XFORWARD_ATTRIBUTES = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE"})
+"""The attributes of Postfix's XFORWARD command (XFORWARD_README); only ADDR is used."""
+EHLO_XFORWARD = "250-XFORWARD ADDR"
+_XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 
 
 class ParameterTolerantSMTP(SMTP):
@@ -80,6 +102,65 @@ class ParameterTolerantSMTP(SMTP):
             return {}
         return {key: value for key, value in parsed.items() if key not in MAIL_DSN_PARAMETERS}
 
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Record the real client's attributes that Postfix forwards (XFORWARD_README).
+
+        Only loopback clients reach the filter; like the rest of the
+        envelope, what they say is trusted. Not allowed inside a transaction.
+        """
+        assert self.session is not None and self.envelope is not None
+        if self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: XFORWARD not allowed in a mail transaction")
+            return
+        attributes = parse_xforward(arg or "")
+        if attributes is None:
+            await self.push("501 5.5.4 Syntax: XFORWARD attribute=value ...")
+            return
+        forwarded = getattr(self.session, "xforward", {})
+        forwarded.update(attributes)
+        self.session.xforward = forwarded  # type: ignore[attr-defined]
+        await self.push("250 2.0.0 Ok")
+
+
+def parse_xforward(arg: str) -> dict[str, str] | None:
+    """``NAME=x ADDR=y`` as a dict with xtext decoded; None if malformed or unknown.
+
+    ``[UNAVAILABLE]`` and ``[TEMPUNAVAIL]`` mean "not known" and are kept
+    as such (no address parses from them).
+    """
+    attributes: dict[str, str] = {}
+    for item in arg.split():
+        name, sep, value = item.partition("=")
+        name = name.upper()
+        if not sep or name not in XFORWARD_ATTRIBUTES or len(value) > 255:
+            return None
+        attributes[name] = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
+    return attributes or None
+
+
+def session_client_address(session: Session) -> str | None:
+    """The client address Postfix forwarded for this session, or None if it sent none."""
+    return getattr(session, "xforward", {}).get("ADDR")
+
+
+def mailbox_of_recipient(rcpt: str, delimiters: str = RECIPIENT_DELIMITER) -> str:
+    """The account a recipient is delivered to: the address extension cut off, as Postfix does.
+
+    Postfix splits the local part at the first delimiter character, except
+    for postmaster, mailer-daemon and double-bounce, and never where the
+    result would be empty (``+x@`` stays as it is).
+    """
+    local, at, domain = rcpt.rpartition("@")
+    if not at or not delimiters:
+        return rcpt.lower()
+    if local.lower() in ("postmaster", "mailer-daemon", "double-bounce"):
+        return rcpt.lower()
+    cut = next((i for i, char in enumerate(local) if char in delimiters), -1)
+    if cut > 0:
+        local = local[:cut]
+    return f"{local}@{domain}".lower()
+
 
 class FilterHandler:
     """aiosmtpd handler: check each message and reinject the accepted ones.
@@ -107,6 +188,7 @@ class FilterHandler:
         if ratelimiter is None:
             ratelimiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
         self.ratelimiter = ratelimiter
+        self.executor = concurrent.futures.ThreadPoolExecutor(MIME_WORKERS, thread_name_prefix="mimecheck")
         self.dkim: dkimcheck.DkimVerifier | None = None
         if mode == "incoming":
             if dkim is None and dkimcheck.should_skip_from_environment():
@@ -122,6 +204,13 @@ class FilterHandler:
     def listen_port(self) -> int:
         c = self.config
         return c.filtermail_smtp_port if self.mode == "outgoing" else c.filtermail_smtp_port_incoming
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """Announce XFORWARD, so that Postfix tells us the real client's address."""
+        session.host_name = hostname
+        return [*responses[:-1], EHLO_XFORWARD, responses[-1]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -144,49 +233,76 @@ class FilterHandler:
         mail_from = envelope.mail_from or ""
         if mail_from == NULL_SENDER:
             mail_from = ""
-        return await self.process(mail_from, list(envelope.rcpt_tos), envelope.original_content or b"")
+        return await self.process(
+            mail_from,
+            list(envelope.rcpt_tos),
+            envelope.original_content or b"",
+            session_client_address(session),
+        )
 
-    async def process(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> str:
+    async def process(
+        self, mail_from: str, rcpt_tos: list[str], data: bytes, client_address: str | None = None
+    ) -> str:
         """Check one message and reinject it if accepted; return the SMTP reply line.
 
         Shared by the SMTP server and the HTTP receiver, so both apply the
-        very same rules. ``mail_from`` is ``""`` for the null sender.
+        very same rules. ``mail_from`` is ``""`` for the null sender;
+        ``client_address`` is the sending client's IP address where there is
+        one (XFORWARD), None over HTTPS.
         """
-        if self.mode == "outgoing":
-            verdict = mimecheck.check_outgoing(mail_from, rcpt_tos, data)
-        else:
-            verdict = mimecheck.check_incoming(mail_from, rcpt_tos, data, self.accepts_cleartext)
+        loop = asyncio.get_running_loop()
+        verdict = await loop.run_in_executor(self.executor, self.judge, mail_from, rcpt_tos, data)
         if not verdict.accept:
             log.info("%s: rejected %s mail from <%s>: %s", self.mode, verdict.kind, mail_from, verdict.reply)
             return verdict.reply
         if self.mode == "incoming":
-            refusal = await self.check_origin(data, verdict)
+            refusal = await self.check_origin(data, verdict, client_address)
             if refusal is not None:
                 return refusal
         # Accepted mail is not logged with its sender: the relay keeps no record of who writes.
         log.debug("%s: passing %s mail", self.mode, verdict.kind)
         return await self.reinject(verdict.reinject_from, rcpt_tos, data)
 
-    async def check_origin(self, data: bytes, verdict: mimecheck.Verdict) -> str | None:
+    def judge(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> mimecheck.Verdict:
+        """Parse and judge one message (blocking CPU work: runs in the executor)."""
+        if self.mode == "outgoing":
+            return mimecheck.check_outgoing(mail_from, rcpt_tos, data)
+        return mimecheck.check_incoming(mail_from, rcpt_tos, data, self.accepts_cleartext)
+
+    async def check_origin(
+        self, data: bytes, verdict: mimecheck.Verdict, client_address: str | None = None
+    ) -> str | None:
         """Verify that incoming mail comes from the domain in ``From:``; the refusal, or None.
 
         Runs after the encryption check, so cleartext is refused without
-        spending DNS lookups and RSA work on it.
+        spending DNS lookups and RSA work on it. An IP-literal domain is
+        checked against ``client_address`` even when DKIM checks are off.
         """
+        domain = verdict.from_addr.rpartition("@")[2]
+        if domain.startswith("["):
+            refusal = dkimcheck.check_ip_literal(domain, client_address)
+            if refusal is not None:
+                log.info("incoming: refused %s mail: %s", verdict.kind, refusal)
+            return refusal
         if self.dkim is None:
             return None
-        refusal = await self.dkim.check(data, verdict.from_addr)
+        refusal = await self.dkim.check(data, verdict.from_addr, client_address)
         if refusal is not None:
             log.info("incoming: refused %s mail: %s", verdict.kind, refusal)
         return refusal
 
     def accepts_cleartext(self, rcpt: str) -> bool:
-        """A recipient takes cleartext unless its mailbox has the enforceE2EEincoming marker."""
+        """A recipient takes cleartext only if its account exists without the enforceE2EEincoming marker.
+
+        The account is the one Postfix delivers to (``bob+x@`` goes to
+        ``bob@``); an address with no account is treated as enforcing, so no
+        spelling of a strict user's address lets cleartext in.
+        """
         try:
-            user = self.config.get_user(rcpt.lower())
+            user = self.config.get_user(mailbox_of_recipient(rcpt))
         except ValueError:
             return False
-        return user.is_incoming_cleartext_ok()
+        return user.exists() and user.is_incoming_cleartext_ok()
 
     async def reinject(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> str:
         """Hand the unchanged bytes back to Postfix; return the reply for our client."""
@@ -204,9 +320,9 @@ class FilterHandler:
                 refused, _ = await client.sendmail(mail_from, rcpt_tos, data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
-            return f"{first.code} {first.message}"
+            return passed_back(first.code, first.message)
         except aiosmtplib.SMTPResponseException as exc:
-            return f"{exc.code} {exc.message}"
+            return passed_back(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             log.warning("reinjection to %s:%s failed: %s", REINJECT_HOST, self.reinject_port, exc)
             return "451 4.3.0 Local error: could not pass the message on, try again later"
@@ -218,6 +334,23 @@ class FilterHandler:
         # A bug here must defer mail (the sender retries), never bounce it.
         log.exception("%s: internal error", self.mode, exc_info=error)
         return "451 4.3.0 Internal error in the mail filter, try again later"
+
+
+POSTFIX_PROXY_FAILURE_TEXT = "queue file write error"
+REPLY_REINJECT_QUEUE_ERROR = "451 4.3.0 Error: the relay could not queue the message, try again later"
+
+
+def passed_back(code: int, message: str) -> str:
+    """The reinjection listener's refusal as our client should see it.
+
+    Postfix's front smtpd answers "queue file write error" when it cannot
+    reach this filter, and the relay's reject footer explains that text
+    (config/postfix.nix). The same words from the reinjection listener mean
+    something else, so they are reworded and never get that footer.
+    """
+    if POSTFIX_PROXY_FAILURE_TEXT in message:
+        return REPLY_REINJECT_QUEUE_ERROR
+    return f"{code} {message}"
 
 
 def make_smtp_factory(handler: FilterHandler) -> Any:

@@ -7,6 +7,12 @@ modification time of the account's ``password`` file, which is where the
 job that removes inactive accounts looks. Only the UTC day is kept, so the
 relay never holds more than day precision about when someone was online,
 and the file is touched only when the day changes.
+
+Only plausible sets are taken: the key must name the transaction's own
+user (one login cannot refresh, or age, another account), and the time
+must lie after 1970 and not more than MAX_FUTURE_SECONDS ahead. A time of
+0 or less would date the last login to 1970 and let the expiry job delete
+the account.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .cli import add_socket_arguments, parse_args_and_config, run_daemon
@@ -24,9 +33,12 @@ from .user import User
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = Path("/run/chatmail-lastlogin/lastlogin.socket")
 SECONDS_PER_DAY = 86400
 KEY_PREFIX = "last-login/"
+UNIX_TIME = re.compile(r"[0-9]{1,12}")
+"""ASCII digits only: int() would also read other scripts' digits and "1_0"."""
+MAX_FUTURE_SECONDS = 3600
+"""Login times further ahead than this (clock skew) are refused."""
 
 
 def day_start(timestamp: int) -> int:
@@ -62,18 +74,24 @@ def address_from_key(key: str) -> str | None:
 class LastLoginDictProxy(DictProxy):
     """The dict behind ``last_login``: accepts sets of ``last-login/<addr>`` only."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, now: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.now = now
 
     async def handle_set(self, user: str, key: str, value: str) -> bool:
         addr = address_from_key(key)
         if addr is None:
             log.warning("refusing set of key %s: expected last-login/<address>", key)
             return False
-        try:
-            timestamp = int(value)
-        except ValueError:
-            log.warning("refusing last-login of %s: %r is not a Unix time", addr, value)
+        if not user or addr.lower() != user.lower():
+            log.warning("refusing last-login of %s in a transaction of another user", addr)
+            return False
+        if not UNIX_TIME.fullmatch(value):
+            log.warning("refusing last-login of %s: %r is not a Unix time", addr, value[:40])
+            return False
+        timestamp = int(value)
+        if not 0 < timestamp <= self.now() + MAX_FUTURE_SECONDS:
+            log.warning("refusing last-login of %s: implausible time %s", addr, timestamp)
             return False
         try:
             account = self.config.get_user(addr)
@@ -100,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve the dict of Dovecot's last_login plugin: keep the day of each "
         "account's last IMAP login as the mtime of its password file.",
     )
-    add_socket_arguments(parser, DEFAULT_SOCKET)
+    add_socket_arguments(parser, config_key="lastlogin_socket")
     add_verbose_flag(parser)
     args, config = parse_args_and_config(parser, argv)
     return run_daemon("chatmail-lastlogin", serve(config, args.socket))

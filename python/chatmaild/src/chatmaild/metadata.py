@@ -20,7 +20,11 @@ between Dovecot versions.
 Tokens are stored in ``<mailboxes_dir>/<addr>/metadata.json`` as
 ``{"devicetoken": {"<token>": <last registration time>}}`` and forgotten
 after 90 days without a new registration, so devices that stopped using
-the account stop costing requests.
+the account stop costing requests. An account keeps at most
+MAX_TOKENS_PER_ACCOUNT tokens (a new registration beyond that forgets the
+longest-unrefreshed one, as a reinstalled app leaves its old token
+behind), and a token larger than MAX_TOKEN_BYTES is refused: every token
+costs one request to the notification proxy per delivered message.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 from . import appversions
 from .cli import add_socket_arguments, parse_args_and_config, run_daemon
 from .config import Config
-from .dictproxy import DictProxy
+from .dictproxy import DictProxy, SetRefused
 from .filedict import FileDict
 from .logsetup import add_verbose_flag
 from .notifier import Notifier
@@ -48,6 +52,10 @@ QUEUE_DIR = "pending_notifications"
 TOKEN_KEY = "devicetoken"
 TOKEN_VALIDITY_SECONDS = 90 * 86400
 CLOCK_SKEW_SECONDS = 60
+MAX_TOKENS_PER_ACCOUNT = 20
+"""Devices per account that get pushes; the least recently registered go first."""
+MAX_TOKEN_BYTES = 4096
+"""Delta Chat's tokens (encrypted to the proxy) are well under 1 kB."""
 MAX_SMTP_RECIPIENTS = "1000"
 """Postfix's default ``smtpd_recipient_limit``, which the relay keeps."""
 
@@ -71,6 +79,18 @@ def valid_tokens(stored: Any, now: float) -> dict[str, int]:
     }
 
 
+def newest_tokens(tokens: dict[str, int], limit: int = MAX_TOKENS_PER_ACCOUNT) -> dict[str, int]:
+    """At most ``limit`` tokens: those registered or refreshed last, in their stored order.
+
+    Among equal times the later-stored token wins, so a new registration always gets in.
+    """
+    if len(tokens) <= limit:
+        return tokens
+    ranked = sorted(enumerate(tokens.items()), key=lambda item: (item[1][1], item[0]))
+    keep = {token for _, (token, _) in ranked[-limit:]}
+    return {token: ts for token, ts in tokens.items() if token in keep}
+
+
 class Metadata:
     """Device tokens of the accounts under ``mailboxes_dir``."""
 
@@ -92,10 +112,12 @@ class Metadata:
         filedict = self._filedict(addr)
         if not filedict.path.parent.is_dir():
             return False
+        if len(token.encode("utf-8", "surrogateescape")) > MAX_TOKEN_BYTES:
+            raise SetRefused(f"METADATA device token larger than {MAX_TOKEN_BYTES} bytes refused")
         with filedict.modify() as data:
             tokens = valid_tokens(data.get(TOKEN_KEY), self.now())
             tokens[token] = int(self.now())
-            data[TOKEN_KEY] = tokens
+            data[TOKEN_KEY] = newest_tokens(tokens)
         return True
 
     def remove_token(self, addr: str, token: str) -> None:
@@ -118,10 +140,10 @@ class Metadata:
         filedict = self._filedict(addr)
         stored = filedict.read().get(TOKEN_KEY)
         now = self.now()
-        tokens = valid_tokens(stored, now)
+        tokens = newest_tokens(valid_tokens(stored, now))
         if stored is not None and tokens != stored:
             with filedict.modify() as data:
-                tokens = valid_tokens(data.get(TOKEN_KEY), now)
+                tokens = newest_tokens(valid_tokens(data.get(TOKEN_KEY), now))
                 data[TOKEN_KEY] = tokens
         return list(tokens)
 
@@ -164,7 +186,11 @@ class MetadataDictProxy(DictProxy):
                 if not user:
                     log.debug("device token lookup without a user")
                     return None
-                return " ".join(self.metadata.get_tokens(user))
+                try:
+                    return " ".join(self.metadata.get_tokens(user))
+                except ValueError as exc:
+                    log.warning("device token lookup refused: %s", exc)
+                    return None
             case ("deltachat", "irohrelay"):
                 return self.config.iroh_relay or None
             case ("deltachat", "turn"):
@@ -183,6 +209,13 @@ class MetadataDictProxy(DictProxy):
         return None
 
     async def handle_set(self, user: str, key: str, value: str) -> bool:
+        try:
+            return await self._handle_set(user, key, value)
+        except ValueError as exc:  # an impossible user name from the dict client
+            log.warning("metadata set of %s refused: %s", key, exc)
+            return False
+
+    async def _handle_set(self, user: str, key: str, value: str) -> bool:
         match split_key(key):
             case ("priv", "devicetoken"):
                 if not value:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
-import email.parser
+import email.feedparser
 import email.policy
-import email.utils
 import logging
+import re
 from collections.abc import Callable, Sequence
 from email.message import Message
+
+from .addrparse import AddressError, Mailbox, parse_addr_spec, parse_mailbox
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,22 @@ ASM_SUBJECT = "Autocrypt Setup Message"
 
 REPLY_OK = "250 OK"
 REPLY_ENCRYPTION_NEEDED = "523 Encryption Needed: Invalid Unencrypted Mail"
+
+MAX_MIME_PARTS = 1000
+"""More parts than this (every header block counts, nested messages too) is refused.
+
+Encrypted chat mail has three; the bound keeps the parse of one hostile
+message (100 000 empty parts fit in the size limit) short and small."""
+MAX_MIME_DEPTH = 20
+"""Multiparts nested deeper than this are refused (chat mail nests two levels)."""
+FEED_CHUNK_BYTES = 64 * 1024
+REPLY_TOO_MANY_PARTS = f"554 5.6.0 Message has more than {MAX_MIME_PARTS} MIME parts"
+REPLY_TOO_DEEP = f"554 5.6.0 MIME parts nested deeper than {MAX_MIME_DEPTH} levels"
+
+AUTO_SUBMITTED_KEYWORD = re.compile(r"^\s*(auto-[A-Za-z0-9-]+)\s*(?:[;(]|$)", re.IGNORECASE)
+"""RFC 3834 values that mark mail as automatic: auto-generated, auto-replied, ... (not "no")."""
+DSN_REPORT_TYPES = ("delivery-status", "global-delivery-status")
+DSN_PART_TYPES = ("message/delivery-status", "message/global-delivery-status")
 
 
 # --- OpenPGP payload -----------------------------------------------------
@@ -144,13 +162,56 @@ def check_armored_payload(text: str, outgoing: bool) -> bool:
 # --- MIME ----------------------------------------------------------------
 
 
+class MimeLimitError(ValueError):
+    """A message exceeds MAX_MIME_PARTS or MAX_MIME_DEPTH; ``reply`` is the refusal."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 def parse_message(data: bytes) -> Message:
     """Parse raw bytes without the strict header objects of the modern policy.
 
     compat32 keeps header values as plain strings, so a malformed header in a
-    hostile message cannot raise later while we look at it.
+    hostile message cannot raise later while we look at it. Parts are
+    counted while the parser creates them, so a message with a hundred
+    thousand parts is abandoned at the limit instead of built in full;
+    MimeLimitError says which limit was hit.
     """
-    return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
+    created = 0
+
+    def counting_factory(policy: email.policy.Policy = email.policy.compat32) -> Message:
+        nonlocal created
+        created += 1
+        if created > MAX_MIME_PARTS:
+            raise MimeLimitError(REPLY_TOO_MANY_PARTS)
+        return Message(policy)
+
+    parser = email.feedparser.BytesFeedParser(_factory=counting_factory, policy=email.policy.compat32)
+    created = 0  # the constructor calls the factory once to probe its signature
+    # Fed in slices: each C-level step (decoding, line splitting) then holds the GIL
+    # only briefly, so the event loop's thread keeps its turns while a worker parses.
+    view = memoryview(data)
+    for start in range(0, len(data), FEED_CHUNK_BYTES):
+        parser.feed(bytes(view[start : start + FEED_CHUNK_BYTES]))
+    msg = parser.close()
+    if mime_depth(msg) > MAX_MIME_DEPTH:
+        raise MimeLimitError(REPLY_TOO_DEEP)
+    return msg
+
+
+def mime_depth(msg: Message) -> int:
+    """Nesting depth of the part tree (1 for a single part), counted without recursion."""
+    deepest = 0
+    stack = [(msg, 1)]
+    while stack:
+        part, depth = stack.pop()
+        deepest = max(deepest, depth)
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend((sub, depth + 1) for sub in payload if isinstance(sub, Message))
+    return deepest
 
 
 def _decoded_text(part: Message) -> str:
@@ -173,13 +234,49 @@ def _header(msg: Message, name: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def from_address(msg: Message) -> str | None:
-    """The address of the first ``From:`` header, or None if it has none."""
-    value = msg.get("From")
-    if value is None:
+def header_values(msg: Message, name: str) -> list[str]:
+    """Every value of the top-level header ``name``, as UTF-8 text (RFC 6532).
+
+    Read from the raw items, so that a header with 8-bit bytes is not turned
+    into an encoded-word object; bytes that are not UTF-8 raise AddressError.
+    """
+    values = []
+    for key, value in msg.raw_items():
+        if key.strip().lower() == name:
+            try:
+                values.append(value.encode("ascii", "surrogateescape").decode("utf-8"))
+            except UnicodeError:
+                raise AddressError(f"{name} header is not UTF-8") from None
+    return values
+
+
+def single_mailbox(msg: Message, name: str) -> Mailbox:
+    """The one mailbox of header ``name``: exactly one such header with exactly one address.
+
+    Two ``From:`` headers, or ``From: <me>, <victim>``, are not "the first
+    one wins" but an error: readers disagree about which one they show.
+    """
+    values = header_values(msg, name)
+    if len(values) != 1:
+        raise AddressError(f"expected one {name} header, found {len(values)}")
+    return parse_mailbox(values[0])
+
+
+def from_address(msg: Message) -> Mailbox | None:
+    """The single ``From:`` mailbox, or None if there is not exactly one."""
+    try:
+        return single_mailbox(msg, "from")
+    except AddressError:
         return None
-    _, addr = email.utils.parseaddr(str(value))
-    return addr or None
+
+
+def _one_content_type(*parts: Message) -> bool:
+    """Each part has exactly one Content-Type header.
+
+    With two, Python reads the first and some mail clients the last: a
+    message could pass here as encrypted and be shown as cleartext.
+    """
+    return all(len(part.get_all("content-type", [])) == 1 for part in parts)
 
 
 def check_encrypted(msg: Message, outgoing: bool) -> bool:
@@ -188,7 +285,7 @@ def check_encrypted(msg: Message, outgoing: bool) -> bool:
         if not msg.is_multipart() or msg.get_content_type() != "multipart/encrypted":
             return False
         parts = _subparts(msg)
-        if len(parts) != 2:
+        if len(parts) != 2 or not _one_content_type(msg, *parts):
             return False
         version, payload = parts
         if version.is_multipart() or payload.is_multipart():
@@ -212,7 +309,7 @@ def is_securejoin(msg: Message) -> bool:
         if step not in SECUREJOIN_STEPS or not msg.is_multipart():
             return False
         parts = _subparts(msg)
-        if len(parts) != 1:
+        if len(parts) != 1 or not _one_content_type(msg, *parts):
             return False
         (part,) = parts
         if part.is_multipart() or part.get_content_type() != "text/plain":
@@ -224,15 +321,25 @@ def is_securejoin(msg: Message) -> bool:
         return False
 
 
-def is_mailer_daemon_report(msg: Message) -> bool:
-    """True for a delivery status report from a mail server (a bounce)."""
+def is_mailer_daemon_report(msg: Message, sender: Mailbox) -> bool:
+    """True for a delivery status notification (a bounce) from a mail server.
+
+    All of it must hold: ``Auto-Submitted`` with a real automatic value
+    (``auto-replied``, ``auto-generated``; ``no`` says the opposite), a
+    ``mailer-daemon@`` sender, and the DSN structure of RFC 3464: a
+    ``multipart/report`` of a delivery-status type with the machine-readable
+    status part.
+    """
     try:
-        addr = from_address(msg) or ""
-        return (
-            bool(_header(msg, "Auto-Submitted"))
-            and addr.lower().startswith("mailer-daemon@")
-            and msg.get_content_type() == "multipart/report"
-        )
+        if not AUTO_SUBMITTED_KEYWORD.match(_header(msg, "Auto-Submitted")):
+            return False
+        if sender.local.lower() != "mailer-daemon":
+            return False
+        if msg.get_content_type() != "multipart/report":
+            return False
+        if str(msg.get_param("report-type", "")).lower() not in DSN_REPORT_TYPES:
+            return False
+        return any(part.get_content_type() in DSN_PART_TYPES for part in _subparts(msg))
     except Exception:
         return False
 
@@ -260,48 +367,77 @@ class Verdict:
     ``reply`` is the SMTP reply line for the client when the message is
     refused. When accepted, ``reinject_from`` is the envelope sender to use
     (``""`` is the null sender) and ``kind`` names the rule that let it pass.
-    ``from_addr`` is the ``From:`` address, which the origin check needs.
+    ``sender`` is the ``From:`` mailbox, which the origin check needs.
     """
 
     accept: bool
     reply: str
     kind: str
     reinject_from: str = ""
-    from_addr: str = ""
+    sender: Mailbox | None = None
+
+    @property
+    def from_addr(self) -> str:
+        """The ``From:`` address as text ("" if refused before it was read)."""
+        return self.sender.addr_spec if self.sender is not None else ""
 
 
 def _reject(reply: str, kind: str) -> Verdict:
     return Verdict(False, reply, kind)
 
 
-def _parse_and_check_from(data: bytes) -> tuple[Message | None, str | None, Verdict | None]:
+def _parse_and_check_from(data: bytes) -> tuple[Message | None, Mailbox | None, Verdict | None]:
     try:
         msg = parse_message(data)
+    except MimeLimitError as exc:
+        return None, None, _reject(exc.reply, "mime-limit")
+    except RecursionError:
+        return None, None, _reject(REPLY_TOO_DEEP, "mime-limit")
     except Exception as exc:
-        return None, None, _reject(f"500 Failed to parse message: {exc}", "unparseable")
+        return None, None, _reject(f"500 Failed to parse message: {type(exc).__name__}", "unparseable")
     try:
-        from_addr = from_address(msg)
-    except Exception:
-        from_addr = None
-    if not from_addr:
-        return msg, None, _reject("500 Invalid FROM header: no address found", "no-from")
-    return msg, from_addr, None
+        sender = single_mailbox(msg, "from")
+    except AddressError as exc:
+        return msg, None, _reject(f"500 Invalid FROM header: {exc}", "no-from")
+    return msg, sender, None
+
+
+def _envelope_mailbox(mail_from: str) -> Mailbox | None:
+    try:
+        return parse_addr_spec(mail_from)
+    except AddressError:
+        return None
 
 
 def check_outgoing(mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> Verdict:
-    """Judge a message one of our users submits (encrypted, Secure-Join or self-sent ASM only)."""
-    msg, from_addr, refusal = _parse_and_check_from(data)
+    """Judge a message one of our users submits (encrypted, Secure-Join or self-sent ASM only).
+
+    The one ``From:`` mailbox, and the one ``Sender:`` mailbox if there is
+    such a header, must be the envelope sender (the login, which Postfix
+    checked): otherwise a user could sign mail as somebody else.
+    """
+    envelope = _envelope_mailbox(mail_from)
+    if envelope is None:
+        return _reject(f"500 Invalid envelope sender <{mail_from}>", "bad-envelope")
+    msg, sender, refusal = _parse_and_check_from(data)
     if refusal is not None:
         return refusal
-    assert msg is not None and from_addr is not None
-    if from_addr.lower() != mail_from.lower():
-        return _reject(f"500 Invalid FROM <{from_addr}> for <{mail_from}>", "forged-from")
+    assert msg is not None and sender is not None
+    if not sender.same_address(envelope):
+        return _reject(f"500 Invalid FROM <{sender.addr_spec}> for <{mail_from}>", "forged-from")
+    if header_values(msg, "sender"):
+        try:
+            sender_header = single_mailbox(msg, "sender")
+        except AddressError as exc:
+            return _reject(f"500 Invalid Sender header: {exc}", "forged-from")
+        if not sender_header.same_address(envelope):
+            return _reject(f"500 Invalid Sender <{sender_header.addr_spec}> for <{mail_from}>", "forged-from")
     if check_encrypted(msg, outgoing=True):
-        return Verdict(True, REPLY_OK, "encrypted", mail_from, from_addr)
+        return Verdict(True, REPLY_OK, "encrypted", mail_from, sender)
     if is_securejoin(msg):
-        return Verdict(True, REPLY_OK, "securejoin", mail_from, from_addr)
+        return Verdict(True, REPLY_OK, "securejoin", mail_from, sender)
     if is_self_sent_setup_message(msg, mail_from, rcpt_tos):
-        return Verdict(True, REPLY_OK, "setup-message", mail_from, from_addr)
+        return Verdict(True, REPLY_OK, "setup-message", mail_from, sender)
     return _reject(REPLY_ENCRYPTION_NEEDED, "cleartext")
 
 
@@ -319,17 +455,18 @@ def check_incoming(
     that), but the message is passed on with the null sender so that no
     bounce goes to a return path that may be forged.
     """
-    msg, from_addr, refusal = _parse_and_check_from(data)
+    msg, sender, refusal = _parse_and_check_from(data)
     if refusal is not None:
         return refusal
-    assert msg is not None and from_addr is not None
-    sender = mail_from if mail_from.lower() == from_addr.lower() else ""
+    assert msg is not None and sender is not None
+    envelope = _envelope_mailbox(mail_from) if mail_from else None
+    reinject_from = mail_from if envelope is not None and envelope.same_address(sender) else ""
     if check_encrypted(msg, outgoing=False):
-        return Verdict(True, REPLY_OK, "encrypted", sender, from_addr)
+        return Verdict(True, REPLY_OK, "encrypted", reinject_from, sender)
     if is_securejoin(msg):
-        return Verdict(True, REPLY_OK, "securejoin", sender, from_addr)
-    if is_mailer_daemon_report(msg):
-        return Verdict(True, REPLY_OK, "mailer-daemon", sender, from_addr)
+        return Verdict(True, REPLY_OK, "securejoin", reinject_from, sender)
+    if is_mailer_daemon_report(msg, sender):
+        return Verdict(True, REPLY_OK, "mailer-daemon", reinject_from, sender)
     if all(accepts_cleartext(rcpt) for rcpt in rcpt_tos):
-        return Verdict(True, REPLY_OK, "cleartext-allowed", sender, from_addr)
+        return Verdict(True, REPLY_OK, "cleartext-allowed", reinject_from, sender)
     return _reject(REPLY_ENCRYPTION_NEEDED, "cleartext")

@@ -23,7 +23,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 if TYPE_CHECKING:
     from .filtermail import FilterHandler
@@ -35,6 +35,7 @@ READ_TIMEOUT_SECONDS = 60.0
 REPLY_TOO_BIG = "552 Message exceeds maximum size"
 REPLY_NO_RECIPIENT = "554 5.5.1 No X-MAIL-TO recipient given"
 REPLY_READ_TIMEOUT = "451 4.4.2 Timeout while reading the message"
+REPLY_ABORTED = "451 4.4.2 Connection lost while reading the message"
 READ_CHUNK = 64 * 1024
 
 
@@ -68,6 +69,13 @@ async def deliver(request: web.Request) -> web.Response:
             data = await _read_body(request, handler.config.max_message_size)
     except TimeoutError:
         return _text(408, REPLY_READ_TIMEOUT)
+    except (ConnectionError, http_exceptions.HttpProcessingError):
+        # A sender that hangs up mid-upload is routine (its relay retries);
+        # one line, not a traceback per attempt, keeps the log readable.
+        log.info("delivery aborted by the client before the end of the message")
+        response = _text(400, REPLY_ABORTED)
+        response.force_close()
+        return response
     if data is None:
         # The connection cannot be reused: the rest of the body was never read.
         response = _text(413, REPLY_TOO_BIG)
@@ -76,7 +84,8 @@ async def deliver(request: web.Request) -> web.Response:
     if not rcpt_tos:
         return _text(400, REPLY_NO_RECIPIENT)
     try:
-        reply = await handler.process(mail_from, rcpt_tos, data)
+        # No client address: an IP-literal sender cannot be verified over HTTPS.
+        reply = await handler.process(mail_from, rcpt_tos, data, client_address=None)
     except Exception as exc:
         reply = await handler.handle_exception(exc)
     return _text(200 if reply.startswith("250") else 400, reply)

@@ -14,13 +14,21 @@ on ``newemail_listen`` that nginx proxies ``/new`` (and the legacy
 ``/cgi-bin/newemail.py``) to, which avoids a CGI runner and a process per
 request. Credentials are never logged, and the answer is marked
 ``Cache-Control: no-store`` so no proxy keeps a copy.
+
+Each client address may ask NEW_BURST times at once and then NEW_PER_MINUTE
+times a minute; beyond that it gets 429 with ``Retry-After``. The address
+is nginx's ``X-Real-IP`` header when the request comes from loopback (our
+nginx), else the peer itself; IPv6 clients are counted per /64, the block a
+single host usually has. nginx limits ``/new`` too; this is the second line.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
+import math
 import secrets
 import string
 from urllib.parse import quote
@@ -31,6 +39,7 @@ from .cli import add_config_argument
 from .config import Config, ConfigError, read_config
 from .doveauth import parse_listen
 from .logsetup import add_verbose_flag, setup_logging
+from .ratelimit import RateLimiter, format_until
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,39 @@ PASSWORD_ALPHABET = string.ascii_letters + string.digits + string.punctuation
 PASSWORD_EXTRA_LENGTH = 3
 """Suggested passwords are this much longer than the minimum doveauth accepts."""
 CONFIG_KEY = web.AppKey("config", Config)
+LIMITER_KEY = web.AppKey("limiter", RateLimiter)
+NEW_PER_MINUTE = 6
+"""Sustained credential requests per client address and minute."""
+NEW_BURST = 10
+"""Requests a client address may make at once (a family setting up phones together)."""
+CLIENT_ADDRESS_HEADER = "X-Real-IP"
+"""Set by our nginx to the real client address; trusted only from a loopback peer."""
+IPV6_PREFIX_LENGTH = 64
+
+
+def client_key(request: web.Request) -> str:
+    """The rate-limit key of a request: the client address, or its /64 for IPv6."""
+    peer = request.remote or ""
+    address = _ip(peer)
+    forwarded = request.headers.get(CLIENT_ADDRESS_HEADER)
+    if forwarded is not None and address is not None and address.is_loopback:
+        address = _ip(forwarded.strip())
+        if address is None:
+            return "unparseable-forwarded-address"
+    if address is None:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX_LENGTH), strict=False))
+    return str(address)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def random_string(alphabet: str, length: int) -> str:
@@ -78,7 +120,17 @@ def new_credentials(config: Config) -> dict[str, str]:
 
 
 async def handle_new(request: web.Request) -> web.Response:
-    """Answer any GET or POST with new credentials (clients POST; browsers GET)."""
+    """Answer any GET or POST with new credentials (clients POST; browsers GET), if not rate limited."""
+    limiter = request.app[LIMITER_KEY]
+    until = limiter.check(client_key(request))
+    if until is not None:
+        retry_after = max(1, math.ceil(until - limiter.clock()))
+        log.info("/new: rate limited a client for %s s", retry_after)
+        return web.Response(
+            status=429,
+            text=f"Too many requests for new accounts from your address; try again after {format_until(until)}\n",
+            headers={"Retry-After": str(retry_after), "Cache-Control": "no-store"},
+        )
     body = json.dumps(new_credentials(request.app[CONFIG_KEY]))
     return web.Response(
         text=body + "\n",
@@ -87,10 +139,11 @@ async def handle_new(request: web.Request) -> web.Response:
     )
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, limiter: RateLimiter | None = None) -> web.Application:
     """Build the web application (separate from serving, for tests)."""
     app = web.Application()
     app[CONFIG_KEY] = config
+    app[LIMITER_KEY] = limiter if limiter is not None else RateLimiter(NEW_PER_MINUTE, NEW_BURST)
     for route in ROUTES:
         app.router.add_route("GET", route, handle_new)
         app.router.add_route("POST", route, handle_new)

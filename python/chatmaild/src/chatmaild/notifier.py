@@ -12,8 +12,9 @@ proxy is unreachable, so each notification is first written to its own
 file in the queue directory (``addr``, the time of the event and the token,
 on three lines) and only then acknowledged to Dovecot. The file is deleted
 when the proxy answered, or when it is given up. Failed requests are
-retried after 8, 64, 512 and 4096 seconds; a notification older than five
-hours is useless (the user has opened the app since) and is dropped. The
+retried after 8, 64, 512 and 2048 seconds, then hourly, and a last time
+when five hours have passed; a notification older than that is useless
+(the user has opened the app since) and is dropped. The
 proxy answers 410 for a token that will never work again; it is then
 removed from the account, so dead devices do not cost a request per
 message forever.
@@ -27,7 +28,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -36,7 +37,9 @@ from .filedict import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS_SECONDS = (0, 8, 64, 512, 4096)
+RETRY_DELAYS_SECONDS = (0, 8, 64, 512, 2048)
+"""Waits before the first attempts; after them, RETRY_INTERVAL_SECONDS until the deadline."""
+RETRY_INTERVAL_SECONDS = 3600
 DEADLINE_SECONDS = 5 * 3600
 REQUEST_TIMEOUT_SECONDS = 60
 MAX_IN_FLIGHT = 16
@@ -67,6 +70,13 @@ class QueueItem:
         if not token:
             raise ValueError("empty token")
         return cls(path, addr, int(start_ts), token)
+
+
+def retry_delays() -> Iterator[float]:
+    """The waits before each attempt: the fast ones, then hourly without end (the deadline ends it)."""
+    yield from RETRY_DELAYS_SECONDS
+    while True:
+        yield RETRY_INTERVAL_SECONDS
 
 
 class Notifier:
@@ -153,10 +163,14 @@ class Notifier:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, item: QueueItem) -> None:
+        deadline = item.start_ts + DEADLINE_SECONDS
         try:
-            for delay in RETRY_DELAYS_SECONDS:
-                if self.now() + delay > item.start_ts + DEADLINE_SECONDS:
+            for delay in retry_delays():
+                remaining = deadline - self.now()
+                if remaining < 0 or (delay and remaining == 0):
                     break
+                # The last wait is cut short, so that one attempt falls on the deadline.
+                delay = min(delay, remaining)
                 if delay:
                     await self.sleep(delay)
                 if await self._attempt(item):
