@@ -1,4 +1,11 @@
+# nixcheck evaluates the module without nixpkgs' module system, which passes `utils`
+# (nixos/lib/utils.nix) to every module; this stands in for the one function we use.
 {
+  _module.args.utils.escapeSystemdExecArgs =
+    args:
+    builtins.concatStringsSep " " (
+      map (arg: builtins.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON arg)) args
+    );
   services.chatmail = {
     enable = true;
     domain = "chat.example.org";

@@ -30,6 +30,8 @@ rec {
     lastloginSocket = "/run/chatmail-lastlogin/lastlogin.socket";
     quotaExpire = lib.getExe' cfg.package "chatmail-quota-expire";
     turnSecretFile = if cfg.turn.enable then cfg.turn.secretFile else null;
+    # nixpkgs' coturn module runs coturn as user and group turnserver.
+    turnGroup = "turnserver";
     # OpenDKIM: services.opendkim generates <keyPath>/<selector>.private when it is missing.
     dkimSelector = cfg.dkim.selector;
     dkimKeyFile =
@@ -37,6 +39,9 @@ rec {
         cfg.dkim.keyFile
       else
         "${config.services.opendkim.keyPath}/${cfg.dkim.selector}.private";
+    # Generate dkimKeyFile on first start (chatmail-dkim-key) unless the operator gave one.
+    dkimKeyGenerated = cfg.dkim.keyFile == null;
+    dkimUser = config.services.opendkim.user;
     dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
     dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
     # null: nothing is signed, and Postfix gets no milter (./config/postfix.nix).
@@ -53,6 +58,9 @@ rec {
     # null: log to stderr, which is the journal.
     dovecotLogPath = null;
     doveauthTokenFile = "/run/doveauth/token";
+    # Units others start after (config/units.nix): the certificate's and the resolver's.
+    tlsUnit = tls.unit;
+    resolverUnit = if cfg.unbound.enable then "unbound.service" else null;
   };
 
   # Certificate and key for each TLS mode, and the unit that provides them (null: none).
