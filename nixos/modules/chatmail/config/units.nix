@@ -129,7 +129,11 @@ let
 
   filtermail = direction: daemon {
     description = "chatmail ${direction} filter (only OpenPGP-encrypted mail passes)";
+    # The filters read a recipient's settings (enforceE2EEincoming) in the mailboxes and
+    # write nothing there.
     serviceConfig = restarting // {
+      ProtectHome = "tmpfs";
+      BindReadOnlyPaths = [ paths.mailboxesDir ];
       ExecStart = [
         (exe "filtermail")
         paths.chatmailIni
@@ -336,6 +340,9 @@ in
 
   tmpfiles = [
     # <mailboxes_dir>/<address>/ holds each account: its password file and its maildir.
+    # Its parent first: one made by tmpfiles itself would be root's, and systemd-tmpfiles
+    # refuses to go on from the mail user's home into a root-owned directory.
+    "d ${dirOf' paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
     "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
   ];
 
