@@ -175,6 +175,22 @@ def down() -> None:
     log("down: no namespaces, mounts, container locks or processes left")
 
 
+def leftovers(locks: list[Path]) -> list[str]:
+    """What `down` must not leave: namespaces, mounts, container locks, container processes."""
+    found = [f"namespace {n}" for n in [h.netns for h in HOSTS] + [SWITCH] if netns_exists(n)]
+    found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
+              if line.split()[1].startswith(str(STATE) + "/")]
+    found += [f"lock {lock}" for lock in locks if lock.exists()]
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"--network-namespace-path=/run/netns/{PREFIX}".encode() in b" ".join(cmdline):
+            found.append(f"process {proc.name}")
+    return found
+
+
 def unit_states(relay: Host) -> list[tuple[str, str, str]]:
     """(unit, active state, sub state) of the relay's services and timers."""
     r = host_run(relay, ["systemctl", "list-units", "--all", "--type=service,timer", "--no-legend", "--plain"],

@@ -31,7 +31,7 @@ let
   baseName = path: builtins.baseNameOf path;
   optional = cond: x: if cond then [ x ] else [ ];
   optionalAttrs = cond: attrs: if cond then attrs else { };
-  # POSIX shell quoting, as lib.escapeShellArg does it.
+  # POSIX shell quoting (what escapeShellArg of nixpkgs' lib does).
   q = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
 
   resolver = optional (paths.resolverUnit or null != null) paths.resolverUnit;
