@@ -198,7 +198,7 @@ def unit_states(relay: Host) -> list[tuple[str, str, str]]:
     rows = []
     for line in r.stdout.splitlines():
         cols = line.split(None, 4)
-        if len(cols) >= 4 and cols[0].startswith(SHOWN):
+        if len(cols) >= 4 and cols[0].startswith(SHOWN) and cols[1] == "loaded" and "@" not in cols[0]:
             rows.append((cols[0], cols[2], cols[3]))
     return rows
 

@@ -69,6 +69,8 @@ let
     turnConfTemplate = "/etc/chatmail/turnserver.conf";
     turnConf = "/run/coturn/turnserver.conf";
     caTrustDir = "/usr/local/share/ca-certificates";
+    # What update-ca-certificates makes of it (NixOS: security.pki.caBundle).
+    caBundle = "/etc/ssl/certs/ca-certificates.crt";
     journaldDropIn = "/etc/systemd/journald.conf.d/chatmail.conf";
     tmpfiles = "/etc/tmpfiles.d/chatmail.conf";
     legoDir = "/var/lib/acme/.lego";

@@ -157,7 +157,7 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
     version = chroot_run(relay, ["postconf", "-dh", "mail_version"], capture=True).stdout.strip()
     main.update({
         "compatibility_level": version,
-        "smtp_tls_CAfile": "/etc/ssl/certs/ca-certificates.crt",
+        "smtp_tls_CAfile": paths["caBundle"],
         "alias_maps": "",
         "alias_database": "",
     })

@@ -319,7 +319,10 @@ in
       wantedBy = [ "multi-user.target" ];
       before = [ "opendkim.service" ];
       requiredBy = [ "opendkim.service" ];
-      path = [ "opendkim" ];
+      path = [
+        "opendkim"
+        "openssl"
+      ];
       serviceConfig = secretMaker // {
         UMask = "0077";
       };
