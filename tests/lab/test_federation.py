@@ -8,10 +8,13 @@ import sys
 
 from conftest import HERE, labmod, relay_file, wait_for_journal
 
+# relay1's mailboxes directory (tests/lab/relay.nix paths)
+MAILBOXES = labmod.paths("relay1")["mailboxesDir"]
+
 
 def test_first_login_creates_the_account_and_a_wrong_password_is_refused(client, account):
     addr, password = account("relay1.test")
-    stored = relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}/password").read_text()
+    stored = relay_file("relay1", f"{MAILBOXES}/{addr}/password").read_text()
     assert stored.startswith("{SHA512-CRYPT}$6$")
     assert client("login", addr, password)["ok"]
     refused = client("login", addr, password + "x")
@@ -23,7 +26,7 @@ def test_a_login_that_breaks_the_username_rules_creates_nothing(client):
     addr = "ab@relay1.test"
     result = client("login", addr, "p" + secrets.token_urlsafe(12))
     assert not result["ok"]
-    assert not relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}").exists()
+    assert not relay_file("relay1", f"{MAILBOXES}/{addr}").exists()
 
 
 def test_encrypted_mail_crosses_from_relay1_to_relay2_over_verified_tls(client, account):
