@@ -21,6 +21,7 @@ let
   # chatmaild's defaults file, shared with the daemons: every settings default is given there
   # once, and set below with mkDefault.
   defaults = import ./chatmail/config/defaults.nix;
+  journaldDefaults = (import ./chatmail/config/journald.nix).defaults;
   common = import ./chatmail/common.nix { inherit config lib pkgs; };
 
   # A chatmail.ini value: the renderer writes booleans as true/false, lists space-separated,
@@ -267,12 +268,12 @@ in
     journald = {
       volatile = mkOption {
         type = types.bool;
-        default = true;
+        default = journaldDefaults.volatile;
         description = "Keep the system journal in memory only, so logs (with addresses) never reach the disk.";
       };
       maxRetention = mkOption {
         type = types.nullOr types.str;
-        default = "3d";
+        default = journaldDefaults.maxRetention;
         description = "journald `MaxRetentionSec`: how long log entries are kept. `null` leaves journald's default.";
       };
     };

@@ -26,7 +26,9 @@ def lab():
     labmod.up()
     yield labmod
     if not os.environ.get("CHATMAIL_LAB_KEEP"):
+        locks = [lock for r in labmod.RELAYS if (lock := labmod.nspawn_lock(r)) is not None]
         labmod.down()
+        assert labmod.leftovers(locks) == [], "down leaves nothing behind"
 
 
 @pytest.fixture(scope="session")
@@ -58,14 +60,19 @@ def relay_file(relay: str, path: str) -> Path:
     return labmod.merged(labmod.BY_NAME[relay]) / path.lstrip("/")
 
 
-def wait_for_log(relay: str, log: str, needle: str, timeout: float = 30) -> str:
-    """Wait until a relay's log has a line with needle; return that line."""
-    path = relay_file(relay, log)
+def journal(relay: str, unit: str) -> list[str]:
+    """A unit's lines in the relay's journal (syslog style: date, host, process: message)."""
+    r = labmod.host_run(labmod.BY_NAME[relay], ["journalctl", "-u", unit, "-o", "short", "--no-pager", "-q"],
+                        capture=True)
+    return r.stdout.splitlines()
+
+
+def wait_for_journal(relay: str, unit: str, needle: str, timeout: float = 30) -> str:
+    """Wait until a unit's journal on a relay has a line with needle; return that line."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
-                if needle in line:
-                    return line
+        for line in journal(relay, unit):
+            if needle in line:
+                return line
         time.sleep(0.2)
-    raise AssertionError(f"{relay}:{log} has no line with {needle!r} after {timeout} s")
+    raise AssertionError(f"{relay}: the journal of {unit} has no line with {needle!r} after {timeout} s")

@@ -10,7 +10,8 @@
   tlsMode = "acme";
   tlsCert = "/var/lib/acme/${domain}/fullchain.pem";
   tlsKey = "/var/lib/acme/${domain}/key.pem";
-  tlsUnit = null;
+  # The lab's acme-<domain> unit runs lego as NixOS's does.
+  tlsUnit = "acme-${domain}.service";
   acmeWebroot = "/var/lib/acme/acme-challenge";
   authLua = "/etc/chatmail/auth.lua";
   pushLua = "/etc/chatmail/push.lua";
@@ -25,10 +26,8 @@
   wwwFiles = "/etc/chatmail/www";
   quotaExpire = "/usr/local/bin/chatmail-quota-expire";
   turnSecretFile = "/var/lib/chatmail-turn/secret";
-  # chatmail-metadata is started by the lab itself and reads the secret in place; a relay that
-  # runs the units of config/units.nix gets it as a credential, as on NixOS:
-  # /run/credentials/chatmail-metadata.service/turn-secret.
-  metadataTurnSecretFile = "/var/lib/chatmail-turn/secret";
+  # chatmail-metadata gets the secret as a credential (config/units.nix), as on NixOS.
+  metadataTurnSecretFile = "/run/credentials/chatmail-metadata.service/turn-secret";
   doveauthTokenFile = "/run/doveauth/token";
   mailboxesDir = "/home/vmail/mail/${domain}";
   nocreateFile = "/etc/chatmail-nocreate";
@@ -38,5 +37,35 @@
   dovecotBaseDir = "/run/dovecot";
   dovecotInternalUser = "dovecot";
   dovecotInternalGroup = "dovecot";
-  dovecotLogPath = "/var/log/dovecot.log";
+  # null: log to stderr, which is the journal (as on NixOS).
+  dovecotLogPath = null;
+  turnGroup = "turnserver";
+  # The lab makes each relay's DKIM key itself (its DNS publishes the record): a given key.
+  dkimKeyGenerated = false;
+  dkimUser = "opendkim";
+  resolverUnit = "unbound.service";
+  # Where the lab puts units, one-shot scripts and the chatmaild commands; this checkout's
+  # python/chatmaild is mounted read-only at chatmaildSource.
+  unitDir = "/etc/systemd/system";
+  scriptDir = "/usr/local/lib/chatmail";
+  binDir = "/usr/local/bin";
+  chatmaildSource = "/opt/chatmaild";
+  # Debian's units read these.
+  postfixUnit = "postfix.service";
+  postfixConfDir = "/etc/postfix";
+  dovecotConf = "/etc/dovecot/dovecot.conf";
+  opendkimConf = "/etc/opendkim.conf";
+  opendkimPidFile = "/run/opendkim/opendkim.pid";
+  nginxConf = "/etc/nginx/nginx.conf";
+  unboundConf = "/etc/unbound/unbound.conf";
+  # coturn takes no secret file: its unit writes turnConf from this template and the
+  # secret when it starts (as NixOS's coturn module does).
+  turnConfTemplate = "/etc/chatmail/turnserver.conf";
+  turnConf = "/run/coturn/turnserver.conf";
+  caTrustDir = "/usr/local/share/ca-certificates";
+  # What update-ca-certificates makes of it (NixOS: security.pki.caBundle).
+  caBundle = "/etc/ssl/certs/ca-certificates.crt";
+  journaldDropIn = "/etc/systemd/journald.conf.d/chatmail.conf";
+  tmpfiles = "/etc/tmpfiles.d/chatmail.conf";
+  legoDir = "/var/lib/acme/.lego";
 }

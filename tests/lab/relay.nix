@@ -8,6 +8,7 @@ let
   settings = (import (cfg + "/defaults.nix")).settings // { mail_domain = domain; } // builtins.fromJSON settingsJSON;
   paths = import ./paths.nix { inherit domain; };
   ini = import (cfg + "/chatmail-ini.nix") { inherit settings paths; };
+  exe = name: "${paths.binDir}/${name}";
 in
 {
   inherit settings paths;
@@ -21,4 +22,7 @@ in
   turn = import (cfg + "/turn.nix") { inherit settings paths; };
   unbound = import (cfg + "/unbound.nix") { inherit settings; };
   acme = import (cfg + "/acme.nix") { inherit settings paths; };
+  units = import (cfg + "/units.nix") { inherit settings paths exe; };
+  # The module's defaults (services.chatmail.journald).
+  journald = (import (cfg + "/journald.nix")).render { };
 }

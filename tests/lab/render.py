@@ -1,45 +1,69 @@
 """Render Postfix's main.cf and master.cf from the module's data the way NixOS does.
 
-NixOS 26.05's postfix module turns ``services.postfix.settings.main`` and ``.master`` into
-files by fixed rules; the lab applies the same rules to the same data (evaluated from
-``nixos/modules/chatmail/config/postfix.nix``), so that Postfix in the lab reads what Postfix
-on NixOS reads. The rules:
+NixOS 26.05's postfix module (nixos/modules/services/mail/postfix.nix) turns
+``services.postfix.settings.main`` and ``.master`` into files by fixed rules; the lab applies
+the same rules to the same data (evaluated from ``nixos/modules/chatmail/config/postfix.nix``),
+so that Postfix in the lab reads what Postfix on NixOS reads. The rules:
 
-main.cf: ``null`` drops the key; booleans are ``yes``/``no``; numbers decimal; strings
-verbatim (values are not escaped, so ``$myhostname`` stays a Postfix reference); a list is
-a continuation block, one item per indented line, separated by commas.
+main.cf: keys in sorted order, ``null`` drops the key, ``$`` in a key is doubled; booleans are
+``yes``/``no``; numbers decimal; strings verbatim (values are not escaped, so ``$myhostname``
+stays a Postfix reference); a list is a continuation block, one item per indented line,
+separated by commas; lines joined by newlines, no newline at the end.
 
-master.cf: columns name, type, private, unpriv, chroot, wakeup, maxproc, command; an unset
-column is ``-``; ``privileged = true`` is written ``n`` in the unpriv column; each argument
-starting with ``-`` opens a new indented continuation line.
+master.cf: the module's own entries (NIXOS_MASTER: Postfix's standard services, and with
+``enableSmtp``, on by default, smtp_inet, smtp and relay) merged with ours, in attribute order;
+columns name, type, private, unpriv, chroot, wakeup, maxproc, command; an unset column is
+``-``; ``privileged = true`` is written ``n`` in the unpriv column; each argument starting with
+``-`` opens a new indented continuation line; columns padded to their widest entry under a
+header. Nothing else: no postlog, tlsproxy or postscreen service, so Postfix logs through
+syslog (the journal), as on NixOS.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+# services.postfix.settings.master as nixpkgs' postfix module defines it.
+NIXOS_MASTER: dict[str, dict[str, Any]] = {
+    "pickup": {"private": False, "wakeup": 60, "maxproc": 1},
+    "cleanup": {"private": False, "maxproc": 0},
+    "qmgr": {"private": False, "wakeup": 300, "maxproc": 1},
+    "tlsmgr": {"wakeup": 1000, "wakeupUnusedComponent": False, "maxproc": 1},
+    "rewrite": {"command": "trivial-rewrite"},
+    "bounce": {"maxproc": 0},
+    "defer": {"maxproc": 0, "command": "bounce"},
+    "trace": {"maxproc": 0, "command": "bounce"},
+    "verify": {"maxproc": 1},
+    "flush": {"private": False, "wakeup": 1000, "wakeupUnusedComponent": False, "maxproc": 0},
+    "proxymap": {"command": "proxymap"},
+    "proxywrite": {"maxproc": 1, "command": "proxymap"},
+    "showq": {"private": False},
+    "error": {},
+    "retry": {"command": "error"},
+    "discard": {},
+    "local": {"privileged": True},
+    "virtual": {"privileged": True},
+    "lmtp": {},
+    "anvil": {"maxproc": 1},
+    "scache": {"maxproc": 1},
+    # enableSmtp (default true)
+    "smtp_inet": {"name": "smtp", "type": "inet", "private": False, "command": "smtpd"},
+    "smtp": {},
+    "relay": {"command": "smtp", "args": ["-o", "smtp_fallback_relay="]},
+}
+
 
 def _main_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)):
-        return str(value)
     if isinstance(value, list):
-        if not value:
-            return ""
-        return "\n" + ",\n".join("  " + str(v) for v in value)
-    return str(value)
+        return "\n  " + ",\n  ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return " " + ("yes" if value else "no")
+    return " " + str(value)
 
 
 def main_cf(main: dict[str, Any]) -> str:
-    lines = []
-    for key in sorted(main):
-        value = main[key]
-        if value is None:
-            continue
-        rendered = _main_value(value)
-        lines.append(f"{key} = {rendered}" if not rendered.startswith("\n") else f"{key} ={rendered}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(f"{key.replace('$', '$$')} ={_main_value(main[key])}"
+                     for key in sorted(main) if main[key] is not None)
 
 
 def _flag(entry: dict[str, Any], key: str, invert: bool = False) -> str:
@@ -51,12 +75,14 @@ def _flag(entry: dict[str, Any], key: str, invert: bool = False) -> str:
     return "y" if value else "n"
 
 
-def master_line(attr: str, entry: dict[str, Any]) -> str:
+def master_entry(attr: str, entry: dict[str, Any]) -> list[str]:
+    """One master.cf line as its eight columns (the module's rawEntry)."""
     wakeup = "-"
     if entry.get("wakeup") is not None:
         wakeup = str(entry["wakeup"]) + ("?" if entry.get("wakeupUnusedComponent") is False else "")
     maxproc = "-" if entry.get("maxproc") is None else str(entry["maxproc"])
-    cols = [
+    args = " ".join(("\n  " if a.startswith("-") else "") + a for a in entry.get("args", []))
+    return [
         entry.get("name", attr),
         entry.get("type", "unix"),
         _flag(entry, "private"),
@@ -64,45 +90,35 @@ def master_line(attr: str, entry: dict[str, Any]) -> str:
         _flag(entry, "chroot"),
         wakeup,
         maxproc,
-        entry.get("command", attr),
+        entry.get("command", attr) + " " + args,
     ]
-    text = " ".join(cols)
-    for arg in entry.get("args", []):
-        text += ("\n  " if arg.startswith("-") else " ") + arg
-    return text
 
 
-def master_cf(standard: list[str], master: dict[str, dict[str, Any]]) -> str:
-    """Postfix's standard services (as lines), then the relay's own entries."""
-    ours = [master_line(attr, master[attr]) for attr in sorted(master)]
-    return "\n".join(standard + ours) + "\n"
+def merge_master(ours: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The module's entries and ours, as the module system merges them (lists append)."""
+    merged = {name: dict(entry) for name, entry in NIXOS_MASTER.items()}
+    for name, entry in ours.items():
+        base = merged.setdefault(name, {})
+        for key, value in entry.items():
+            base[key] = base.get(key, []) + value if key == "args" else value
+    return merged
 
 
-def standard_services(debian_master_cf: str, replaced: set[str]) -> list[str]:
-    """The standard service lines of a stock master.cf, minus those we define ourselves.
+def master_cf(ours: dict[str, dict[str, Any]]) -> str:
+    labels = ["# service", "type", "private", "unpriv", "chroot", "wakeup", "maxproc", "command + args"]
+    defaults = ["# ", "", "(yes)", "(yes)", "(no)", "(never)", "(100)", ""]
+    entries = merge_master(ours)
+    lines = [master_entry(attr, entries[attr]) for attr in sorted(entries)]
+    widths = [max(len(col) for col in cols)
+              for cols in zip(labels, defaults, *[line[:-1] + [""] for line in lines])]
+    full = sum(w + 2 for w in widths)
 
-    NixOS's module defines Postfix's standard services itself (pickup, cleanup, qmgr, ...);
-    the lab takes the same services from Debian's stock file. Services that hand mail to
-    external programs (``pipe``) are dropped, and chroot is off, as on NixOS.
-    """
-    services: list[list[str]] = []
-    for raw in debian_master_cf.splitlines():
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        if raw[0].isspace():
-            if services:
-                services[-1].append(raw)
-            continue
-        services.append([raw])
-    out = []
-    for block in services:
-        cols = block[0].split()
-        name, kind, command = cols[0], cols[1], cols[7]
-        if (name, kind) in {(r.split("/")[0], r.split("/")[1]) for r in replaced} or command == "pipe":
-            continue
-        cols[4] = "n"
-        out.append(" ".join(cols) + "".join("\n" + line for line in block[1:]))
-    return out
+    def fmt(line: list[str]) -> str:
+        return "  ".join(col.ljust(w) for col, w in zip(line, widths))
+
+    sep = "# " + "=" * (full + 5)
+    header = "\n".join([sep, fmt(labels), fmt(defaults), sep])
+    return header + "\n" + "\n".join(fmt(line) for line in lines) + "\n"
 
 
 # --------------------------------------------------------------------------- nginx

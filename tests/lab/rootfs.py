@@ -1,7 +1,7 @@
 """The lab's Debian 13 root filesystem: built once with debootstrap, then cached.
 
-Every lab host mounts an overlay of this tree, so the relays run Debian 13's Postfix 3.10
-and Dovecot 2.4 whatever Debian the machine itself runs. The cache lives outside any
+Every lab host mounts an overlay of this tree, so the relays run Debian 13's Postfix 3.10,
+Dovecot 2.4 and systemd 257 whatever Debian the machine itself runs. The cache lives outside any
 checkout, under a key made of everything that goes into it (the package list, chatmaild's
 dependency declaration and this file's build steps); a changed input makes a new tree,
 and a build that dies half-way leaves only a ``.partial`` directory that the next build
@@ -40,6 +40,10 @@ PACKAGES = [
     "netbase",
     "coturn",
     "qrencode",
+    # Each relay boots Debian's systemd in systemd-nspawn; the units run every service.
+    "systemd",
+    "systemd-sysv",
+    "dbus",
 ]
 VENV = "/opt/chatmaild-venv"
 # So that chatmaild's unit tests also run on Debian 13's Python 3.13 (pgpy 0.6 needs

@@ -6,12 +6,15 @@ import secrets
 import subprocess
 import sys
 
-from conftest import HERE, labmod, relay_file, wait_for_log
+from conftest import HERE, labmod, relay_file, wait_for_journal
+
+# relay1's mailboxes directory (tests/lab/relay.nix paths)
+MAILBOXES = labmod.paths("relay1")["mailboxesDir"]
 
 
 def test_first_login_creates_the_account_and_a_wrong_password_is_refused(client, account):
     addr, password = account("relay1.test")
-    stored = relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}/password").read_text()
+    stored = relay_file("relay1", f"{MAILBOXES}/{addr}/password").read_text()
     assert stored.startswith("{SHA512-CRYPT}$6$")
     assert client("login", addr, password)["ok"]
     refused = client("login", addr, password + "x")
@@ -23,7 +26,7 @@ def test_a_login_that_breaks_the_username_rules_creates_nothing(client):
     addr = "ab@relay1.test"
     result = client("login", addr, "p" + secrets.token_urlsafe(12))
     assert not result["ok"]
-    assert not relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}").exists()
+    assert not relay_file("relay1", f"{MAILBOXES}/{addr}").exists()
 
 
 def test_encrypted_mail_crosses_from_relay1_to_relay2_over_verified_tls(client, account):
@@ -35,7 +38,7 @@ def test_encrypted_mail_crosses_from_relay1_to_relay2_over_verified_tls(client, 
     assert got["ok"], got
     assert "multipart/encrypted" in got["message"]
     assert "Subject: [...]" in got["message"], "the outgoing relay hides the subject"
-    line = wait_for_log("relay1", "/var/log/postfix.log", "Verified TLS connection established to relay2.test")
+    line = wait_for_journal("relay1", labmod.paths()["postfixUnit"], "Verified TLS connection established to relay2.test")
     print(f"{alice} -> {bob}: delivered, encrypted, subject hidden\n  relay1: {line.split(': ', 1)[1]}")
 
 
@@ -62,7 +65,7 @@ def test_relay2_refuses_cleartext_that_relay1_delivers_with_523(account):
     token = secrets.token_hex(6)
     message = f"From: root@relay1.test\r\nTo: {bob}\r\nSubject: {token}\r\n\r\nnot encrypted\r\n"
     labmod.host_run(labmod.BY_NAME["relay1"], ["sendmail", "-f", "root@relay1.test", bob], input=message)
-    line = wait_for_log("relay1", "/var/log/postfix.log", f"to=<{bob}>")
+    line = wait_for_journal("relay1", labmod.paths()["postfixUnit"], f"to=<{bob}>")
     assert "said: 523" in line and "status=bounced" in line, line
     print(f"relay1 delivering cleartext to relay2: {line.split('said: ', 1)[1]}")
 

@@ -8,13 +8,14 @@ from rootfs import VENV
 
 def test_chatmaild_unit_tests_pass_on_the_relays_python(lab):
     relay = labmod.BY_NAME["relay1"]
+    source = labmod.paths()["chatmaildSource"]
     version = labmod.host_run(relay, [f"{VENV}/bin/python", "-V"], capture=True).stdout.strip()
     r = labmod.host_run(
         relay,
         ["setpriv", "--reuid=vmail", "--regid=vmail", "--init-groups",
-         "env", f"PYTHONPATH={labmod.CHATMAILD_SRC}", "PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp",
+         "env", f"PYTHONPATH={source}/src", "PYTHONDONTWRITEBYTECODE=1", "HOME=/tmp",
          f"{VENV}/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir=/tmp",
-         "-c", f"{labmod.CHATMAILD_DIR}/pyproject.toml", f"{labmod.CHATMAILD_DIR}/tests"],
+         "-c", f"{source}/pyproject.toml", f"{source}/tests"],
         check=False, capture=True,
     )
     summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]

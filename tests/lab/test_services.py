@@ -10,7 +10,10 @@ import sys
 import time
 
 import pytest
-from conftest import HERE, labmod, relay_file, wait_for_log
+from conftest import HERE, journal, labmod, relay_file
+
+# relay1's mailboxes directory (tests/lab/relay.nix paths)
+MAILBOXES = labmod.paths("relay1")["mailboxesDir"]
 
 RELAY1 = labmod.BY_NAME["relay1"]
 
@@ -41,7 +44,7 @@ def test_relays_announce_chatmail_and_push_capabilities(client, account):
 def test_a_login_records_the_day_as_the_password_files_mtime(client, account):
     addr, password = account("relay1.test")
     client("login", addr, password)
-    mtime = relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}/password").stat().st_mtime
+    mtime = relay_file("relay1", f"{MAILBOXES}/{addr}/password").stat().st_mtime
     assert mtime == int(time.time()) // 86400 * 86400
 
 
@@ -65,7 +68,7 @@ def test_turn_credentials_from_metadata_are_accepted_by_coturn(client, account):
     host, port, username, credential = r["value"].split(":")
     assert (host, port) == ("relay1.test", "3478")
     assert int(username) > time.time(), "the username is the expiry time"
-    secret = relay_file("relay1", "/var/lib/chatmail-turn/secret").read_text().strip()
+    secret = relay_file("relay1", labmod.paths()["turnSecretFile"]).read_text().strip()
     expected = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
     assert credential == expected
     allocated = client("turn", host, username, credential)
@@ -100,7 +103,7 @@ def test_pending_pushes_survive_the_proxy_being_down_and_a_metadata_restart(clie
     token = f"token-{os.urandom(4).hex()}"
     assert client("metadata", alice, alice_pw, "--mailbox", "INBOX", "--key", "/private/devicetoken",
                   "--value", token)["ok"]
-    queue = relay_file("relay1", "/home/vmail/mail/relay1.test/pending_notifications")
+    queue = relay_file("relay1", f"{MAILBOXES}/pending_notifications")
     labmod.stop_push_proxy()
     try:
         sent = client("send", bob, bob_pw, "--to", alice, "--count", "3")
@@ -109,10 +112,10 @@ def test_pending_pushes_survive_the_proxy_being_down_and_a_metadata_restart(clie
         while time.monotonic() < deadline and len(list(queue.iterdir())) < 3:
             time.sleep(0.1)
         assert len(list(queue.iterdir())) == 3, "one persisted item per delivery while the proxy is down"
-        labmod.stop_daemon(RELAY1, "metadata")
+        labmod.host_run(RELAY1, ["systemctl", "stop", "chatmail-metadata.service"])
     finally:
         labmod.start_push_proxy()
-    labmod.start_daemon(RELAY1, "metadata")
+    labmod.host_run(RELAY1, ["systemctl", "start", "chatmail-metadata.service"])
     pushes = wait_for_push(token, count=3, timeout=30)
     time.sleep(1)
     assert len([r for r in push_records() if r["token"] == token]) == 3, "each pending push arrives once"
@@ -156,7 +159,7 @@ def test_an_account_copied_from_an_upstream_relay_logs_in(client):
     password = "an-upstream-password"
     crypt = subprocess.run(["openssl", "passwd", "-6", password], check=True, capture_output=True,
                            text=True).stdout.strip()
-    home = relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}")
+    home = relay_file("relay1", f"{MAILBOXES}/{addr}")
     (home / "cur").mkdir(parents=True)
     for sub in ("new", "tmp"):
         (home / sub).mkdir()
@@ -164,7 +167,7 @@ def test_an_account_copied_from_an_upstream_relay_logs_in(client):
     (home / "enforceE2EEincoming").touch()
     (home / "cur/1700000000.M1P1.legacy,S=120:2,S").write_text(
         "From: x@relay1.test\r\nTo: legacy001@relay1.test\r\nSubject: old\r\n\r\nkept\r\n")
-    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", f"/home/vmail/mail/relay1.test/{addr}"])
+    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", f"{MAILBOXES}/{addr}"])
     result = client("login", addr, password)
     assert result["ok"], result
     assert not client("login", addr, password + "!")["ok"]
@@ -176,7 +179,7 @@ def test_expire_removes_exactly_what_retention_says_and_dovecot_follows(client, 
     now = time.time()
     addr, password = account("relay1.test")
     idle, _ = account("relay1.test")
-    home = relay_file("relay1", f"/home/vmail/mail/relay1.test/{addr}")
+    home = relay_file("relay1", f"{MAILBOXES}/{addr}")
     files = {  # name -> (directory, size, age in days, expected to survive)
         "old": ("cur", 100, 21, False),
         "recent": ("cur", 100, 2, True),
@@ -190,16 +193,13 @@ def test_expire_removes_exactly_what_retention_says_and_dovecot_follows(client, 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * size)
         os.utime(path, (now - age * day, now - age * day))
-    inactive = relay_file("relay1", f"/home/vmail/mail/relay1.test/{idle}")
+    inactive = relay_file("relay1", f"{MAILBOXES}/{idle}")
     os.utime(inactive / "password", (now - 91 * day, now - 91 * day))
-    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", "/home/vmail/mail/relay1.test"])
+    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", MAILBOXES])
 
-    r = labmod.host_run(RELAY1, ["setpriv", "--reuid=vmail", "--regid=vmail", "--init-groups", "env",
-                                 f"PYTHONPATH={labmod.CHATMAILD_SRC}", "PYTHONDONTWRITEBYTECODE=1",
-                                 f"{labmod.rootfs.VENV}/bin/python", "-c",
-                                 "from chatmaild.expire import main; main()", labmod.INI, "--remove"],
-                        capture=True)
-    print(r.stdout.strip().splitlines()[-1])
+    # The daily unit, started now: chatmail-expire --remove in its sandbox.
+    labmod.host_run(RELAY1, ["systemctl", "start", "chatmail-expire.service"])
+    print([line for line in journal("relay1", "chatmail-expire.service") if "chatmail-expire[" in line][-1])
     for name, (folder, _, _, survives) in files.items():
         present = any(p.name.split(".", 2)[2].startswith(name + ",") for p in (home / folder).iterdir())
         assert present == survives, f"{name} in {folder}: expected {'kept' if survives else 'removed'}"
@@ -213,7 +213,7 @@ def test_a_mailbox_crossing_the_quota_warning_loses_its_oldest_mail_not_new_mail
     chatmail-quota-expire, which deletes the oldest messages down to 70 %."""
     alice, alice_pw = account("relay1.test")
     bob, bob_pw = account("relay2.test")
-    home = relay_file("relay1", f"/home/vmail/mail/relay1.test/{alice}")
+    home = relay_file("relay1", f"{MAILBOXES}/{alice}")
     old = int(time.time()) - 10 * 86400
     for i, name in enumerate(("oldest", "older")):
         size = 1_200_000
@@ -221,7 +221,7 @@ def test_a_mailbox_crossing_the_quota_warning_loses_its_oldest_mail_not_new_mail
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"From: x@relay1.test\r\nSubject: filler\r\n\r\n" + b"x" * (size - 40))
         os.utime(path, (old + i, old + i))
-    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", f"/home/vmail/mail/relay1.test/{alice}"])
+    labmod.host_run(RELAY1, ["chown", "-R", "vmail:vmail", f"{MAILBOXES}/{alice}"])
     labmod.host_run(RELAY1, ["doveadm", "quota", "recalc", "-u", alice])
     sent = client("send", bob, bob_pw, "--to", alice, "--pad", "600000")
     assert sent["ok"], sent

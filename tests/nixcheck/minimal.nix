@@ -1,4 +1,5 @@
 {
+  imports = [ ./utils.nix ];
   services.chatmail = {
     enable = true;
     domain = "chat.example.org";

@@ -1,5 +1,6 @@
 # A test relay: self-signed certificate, no TURN, a DKIM key from elsewhere, no new accounts.
 {
+  imports = [ ./utils.nix ];
   services.chatmail = {
     enable = true;
     domain = "_chat.example.org";

@@ -25,6 +25,8 @@ rec {
     dkimSelector = cfg.dkim.selector;
     dkimKeyFile = cfg.dkim.keyFile;
     dkimKeyPath = config.services.opendkim.keyPath;
+    dkimUser = config.services.opendkim.user;
+    resolverEnable = cfg.unbound.enable;
     httpsPort = config.services.nginx.defaultSSLListenPort;
     turnEnable = cfg.turn.enable;
     turnSecretFile = cfg.turn.secretFile;

@@ -1,5 +1,5 @@
-# The chatmaild daemons, one sandboxed systemd unit each, from ./config/units.nix (which the
-# lab renders into unit files for `systemd-analyze security`):
+# The chatmaild daemons, their timers, the one-shots that make the secrets and the tmpfiles
+# rules, all from ./config/units.nix (the lab writes the same data into unit files):
 #   doveauth             accounts: answers Dovecot's Lua passdb/userdb, creates an account on
 #                        the first login
 #   filtermail           outgoing filter: only OpenPGP-encrypted mail may leave
@@ -9,38 +9,45 @@
 #   chatmail-newemail    /new: suggests an address and password to new users
 #   chatmail-expire      daily: removes old mail and unused accounts
 #   chatmail-fsreport    daily: storage and login statistics in the journal
+#   chatmail-turn-secret one-shot: the TURN secret (with turn.enable)
+#   chatmail-dkim-key    one-shot: the DKIM key (with dkim.enable and no dkim.keyFile)
 # The package is also on PATH for the operator's `chatmail` command.
 # chatmail-quota-expire has no unit: Dovecot runs it when a mailbox is over quota.
 {
   config,
   lib,
   pkgs,
+  utils,
   ...
 }:
 let
   common = import ./common.nix { inherit config lib pkgs; };
   inherit (common) cfg chatmailIni units;
 
-  resolver = lib.optional cfg.unbound.enable "unbound.service";
-
-  # Daily jobs are started by their timer; everything else runs all the time.
+  # Daily jobs are started by their timer.
   isTimed = unit: unit ? timerConfig;
 
   service =
-    name: unit:
+    _name: unit:
     {
-      inherit (unit) description serviceConfig;
-      # They resolve MX, TLS policy and DKIM records through the local resolver.
-      after = [ "network.target" ] ++ resolver;
-      wants = resolver;
+      inherit (unit) description;
+      serviceConfig =
+        unit.serviceConfig
+        // lib.optionalAttrs (unit.serviceConfig ? ExecStart) {
+          ExecStart = utils.escapeSystemdExecArgs unit.serviceConfig.ExecStart;
+        };
       # Every daemon reads chatmail.ini at start only.
       restartTriggers = [ chatmailIni ];
     }
-    // lib.optionalAttrs (!isTimed unit) { wantedBy = [ "multi-user.target" ]; }
-    // lib.optionalAttrs (name == "doveauth" || name == "chatmail-metadata" || name == "chatmail-lastlogin") {
-      # Dovecot's passdb and dicts connect to these as soon as it serves a client.
-      before = [ "dovecot.service" ];
-    };
+    // lib.getAttrs (lib.intersectLists (lib.attrNames unit) [
+      "after"
+      "before"
+      "wants"
+      "requiredBy"
+      "wantedBy"
+      "script"
+    ]) unit
+    // lib.optionalAttrs (unit ? path) { path = map (name: pkgs.${name}) unit.path; };
 
   timer = _name: unit: {
     inherit (unit) description timerConfig;
@@ -53,7 +60,8 @@ in
     # The operator's `chatmail` command (dns, status, accounts) and the daily jobs, on PATH.
     environment.systemPackages = [ cfg.package ];
 
-    systemd.services = lib.mapAttrs service units;
-    systemd.timers = lib.mapAttrs timer (lib.filterAttrs (_: isTimed) units);
+    systemd.services = lib.mapAttrs service units.services;
+    systemd.timers = lib.mapAttrs timer (lib.filterAttrs (_: isTimed) units.services);
+    systemd.tmpfiles.rules = units.tmpfiles;
   };
 }

@@ -1,9 +1,11 @@
 # DKIM signing of outgoing mail with services.opendkim, from ./config/opendkim.nix.
 #
-# nixpkgs' module generates <keyPath>/<selector>.private (and the DNS record in
-# <selector>.txt) on first start, outside the Nix store. A key given in dkim.keyFile is used
-# instead: the KeyTable points at it, and a KeyTable makes OpenDKIM ignore the `-k` key the
-# module passes on the command line.
+# nixpkgs' module would generate <keyPath>/<selector>.private in its preStart whatever key
+# the KeyTable names, so a relay with dkim.keyFile got a second, unused key (and a log line
+# asking to publish it). Its preStart is switched off here; the chatmail-dkim-key one-shot
+# of ./config/units.nix generates <keyPath>/<selector>.private only when no dkim.keyFile is
+# given. The KeyTable points at the key in use, and a KeyTable makes OpenDKIM ignore the
+# `-k` key the module passes on the command line.
 #
 # Insecure flag: nixpkgs set meta.knownVulnerabilities on opendkim in February 2026 (PR
 # #489486: CVE-2020-35766, CVE-2022-48521, "unmaintained"); PR #517633 (May 2026, before the
@@ -20,7 +22,7 @@
 }:
 let
   common = import ./common.nix { inherit config lib pkgs; };
-  inherit (common) cfg opendkim;
+  inherit (common) cfg opendkim units;
 in
 {
   config = lib.mkIf (cfg.enable && cfg.dkim.enable) {
@@ -50,14 +52,14 @@ in
         opendkim.keyTable
         opendkim.signingTable
       ];
+      # Key generation is chatmail-dkim-key's job (see above).
+      preStart = lib.mkForce "";
+      # Restart=always is needed; the daily restart (OpenDKIM leaks memory over time) and the
+      # pause before a restart are starter values. The lab runs the same data.
       serviceConfig = {
-        Restart = "always";
+        inherit (units.opendkimService) Restart;
       }
-      # Starter values: OpenDKIM leaks memory over time; a daily restart keeps it small.
-      // lib.mapAttrs (_: lib.mkDefault) {
-        RestartSec = "5s";
-        RuntimeMaxSec = "1d";
-      };
+      // lib.mapAttrs (_: lib.mkDefault) (builtins.removeAttrs units.opendkimService [ "Restart" ]);
     };
   };
 }

@@ -9,8 +9,6 @@
 let
   common = import ./common.nix { inherit config lib pkgs; };
   inherit (common) cfg settings paths;
-  secret = paths.turnSecretFile;
-  secretDir = builtins.dirOf secret;
 in
 {
   config = lib.mkIf (cfg.enable && cfg.turn.enable) {
@@ -37,37 +35,7 @@ in
     # chatmail-metadata gets the secret as a systemd credential (config/units.nix); chatmail.ini's
     # turn_secret_file names it (config/paths-nixos.nix).
 
-    # The secret is made once, readable by coturn's group only.
-    systemd.services.chatmail-turn-secret = {
-      description = "TURN secret of the chatmail relay";
-      wantedBy = [ "multi-user.target" ];
-      before = [
-        "coturn.service"
-        "chatmail-metadata.service"
-      ];
-      requiredBy = [
-        "coturn.service"
-        "chatmail-metadata.service"
-      ];
-      path = [ pkgs.openssl ];
-      serviceConfig = {
-        Type = "oneshot";
-        RemainAfterExit = true;
-        UMask = "0027";
-        PrivateNetwork = true;
-        PrivateTmp = true;
-        ProtectHome = true;
-        NoNewPrivileges = true;
-      };
-      script = ''
-        if [ ! -s ${lib.escapeShellArg secret} ]; then
-          install -d -m 0750 -g turnserver ${lib.escapeShellArg secretDir}
-          openssl rand -hex 32 > ${lib.escapeShellArg secret}.tmp
-          chgrp turnserver ${lib.escapeShellArg secret}.tmp
-          chmod 0440 ${lib.escapeShellArg secret}.tmp
-          mv ${lib.escapeShellArg secret}.tmp ${lib.escapeShellArg secret}
-        fi
-      '';
-    };
+    # The secret itself is made by the chatmail-turn-secret one-shot (config/units.nix,
+    # daemons.nix), readable by coturn's group only.
   };
 }

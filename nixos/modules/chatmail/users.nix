@@ -22,12 +22,11 @@ in
     };
     users.groups.${paths.vmailUser} = { };
 
-    # <mailboxes_dir>/<address>/ holds each account: its password file and its maildir.
+    # The mailbox directories come from config/units.nix (daemons.nix).
     # paths.nocreateFile (chatmail.ini's nocreate_file) is the kill switch for new accounts:
     # doveauth creates none while it exists (services.chatmail.newAccounts = false);
     # switching back removes it.
     systemd.tmpfiles.rules = [
-      "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
       (if cfg.newAccounts then "r ${paths.nocreateFile}" else "f ${paths.nocreateFile} 0644 root root - -")
     ];
   };

@@ -13,6 +13,10 @@
   # null: services.opendkim generates <dkimKeyPath>/<selector>.private when it is missing.
   dkimKeyFile ? null,
   dkimKeyPath ? "/var/lib/opendkim/keys",
+  # services.opendkim.user
+  dkimUser ? "opendkim",
+  # services.chatmail.unbound.enable: the local resolver the daemons start after.
+  resolverEnable ? true,
   # The HTTPS site's port behind the port-443 multiplexer (services.nginx.defaultSSLListenPort).
   httpsPort ? 8443,
   turnEnable ? true,
@@ -67,6 +71,9 @@ in
   metadataTurnSecretFile = if turnEnable then "/run/credentials/chatmail-metadata.service/turn-secret" else null;
   inherit dkimSelector;
   dkimKeyFile = if dkimKeyFile != null then dkimKeyFile else "${dkimKeyPath}/${dkimSelector}.private";
+  # Generate dkimKeyFile on first start (chatmail-dkim-key, ./units.nix) unless one was given.
+  dkimKeyGenerated = dkimKeyFile == null;
+  inherit dkimUser;
   dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
   dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
   # null: nothing is signed, and Postfix gets no milter (./postfix.nix).
@@ -77,6 +84,10 @@ in
   # Addresses that may never log in or be created again (`chatmail accounts block`).
   blocklistFile = "/var/lib/chatmail/blocklist";
   vmailUser = "vmail";
+  # nixpkgs' coturn module runs coturn as user and group turnserver.
+  turnGroup = "turnserver";
+  # The unit the daemons start after (null: none).
+  resolverUnit = if resolverEnable then "unbound.service" else null;
   # services.dovecot2's unit has RuntimeDirectory = dovecot2 and creates these users.
   dovecotBaseDir = "/run/dovecot2";
   dovecotInternalUser = "dovecot2";

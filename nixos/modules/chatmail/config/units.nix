@@ -1,14 +1,26 @@
-# The systemd units of the chatmaild daemons as data (builtins only), so that NixOS and the
-# lab's sandbox scoring (`systemd-analyze security --offline=yes` on unit files rendered from
-# this set) see the same sandbox.
+# The systemd side of a relay as data (builtins only): every chatmaild unit and timer, the
+# one-shots that make the secrets (TURN, DKIM), the tmpfiles rules, and the start-up order of
+# the services around them. NixOS turns this into systemd.services/timers/tmpfiles
+# (daemons.nix, turn.nix, opendkim.nix, ordering.nix); the lab writes the very same data as
+# unit files into each relay, where Debian's systemd runs them (tests/lab/units.py).
 #
 #   settings  chatmail.ini keys (defaults merged)
 #   paths     chatmailIni, mailboxesDir, vmailUser, doveauthTokenFile, metadataSocket,
-#             lastloginSocket, turnSecretFile (the TURN secret; null when TURN is off)
+#             lastloginSocket, turnSecretFile (the TURN secret; null when TURN is off),
+#             turnGroup, dkimSocket (null: no DKIM), dkimKeyFile, dkimSelector, dkimUser,
+#             dkimKeyGenerated (true: generate dkimKeyFile on first start), tlsUnit and
+#             resolverUnit (unit names, or null when there is none), tlsMode
 #   exe       script name -> absolute path of that console script
 #
-# Result: unit name -> { description; serviceConfig; timerConfig? }. An entry with
-# timerConfig is a oneshot started by its timer instead of at boot.
+# Result:
+#   services  unit name -> { description; serviceConfig; after/before/wants/requiredBy/
+#             wantedBy (lists of unit names); script and path (one-shots: a POSIX shell
+#             snippet, and the programs it needs by package name); timerConfig? }.
+#             ExecStart is an argv list, escaped by whoever writes the unit file (NixOS:
+#             utils.escapeSystemdExecArgs; the lab the same rules). An entry with
+#             timerConfig is started by its timer instead of at boot.
+#   tmpfiles  tmpfiles.d lines
+#   ordering  service name (postfix, dovecot, nginx) -> units it wants and starts after
 {
   settings,
   paths,
@@ -17,7 +29,15 @@
 let
   dirOf' = path: builtins.dirOf path;
   baseName = path: builtins.baseNameOf path;
-  cmd = words: builtins.concatStringsSep " " words;
+  optional = cond: x: if cond then [ x ] else [ ];
+  optionalAttrs = cond: attrs: if cond then attrs else { };
+  # POSIX shell quoting (what escapeShellArg of nixpkgs' lib does).
+  q = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
+
+  resolver = optional (paths.resolverUnit or null != null) paths.resolverUnit;
+  tlsUnits = optional (paths.tlsUnit or null != null) paths.tlsUnit;
+  dkim = paths.dkimSocket or null != null;
+  turn = paths.turnSecretFile or null != null;
 
   # What every daemon gets: no privileges, a read-only system, no devices, no kernel knobs,
   # only the system calls a service needs. Each unit below adds its exceptions, with the
@@ -61,10 +81,20 @@ let
     SystemCallErrorNumber = "EPERM";
   };
 
-  # Long-running daemons come back after a crash.
-  daemon = hardening // {
+  # Long-running daemons come back after a crash, and start at boot. They resolve MX, TLS
+  # policy and DKIM records through the local resolver.
+  daemon = extra: {
+    after = [ "network.target" ] ++ resolver;
+    wants = resolver;
+    wantedBy = [ "multi-user.target" ];
+  } // extra;
+  restarting = hardening // {
     Restart = "always";
     RestartSec = "5s";
+  };
+  # Dovecot's passdb and dicts connect to these as soon as it serves a client.
+  beforeDovecot = {
+    before = [ "dovecot.service" ];
   };
 
   # Loopback only: no packets to or from anywhere else, even if the daemon is misled.
@@ -97,10 +127,14 @@ let
     RuntimeDirectoryMode = "0750";
   };
 
-  filtermail = direction: {
+  filtermail = direction: daemon {
     description = "chatmail ${direction} filter (only OpenPGP-encrypted mail passes)";
-    serviceConfig = daemon // {
-      ExecStart = cmd [
+    # The filters read a recipient's settings (enforceE2EEincoming) in the mailboxes and
+    # write nothing there.
+    serviceConfig = restarting // {
+      ProtectHome = "tmpfs";
+      BindReadOnlyPaths = [ paths.mailboxesDir ];
+      ExecStart = [
         (exe "filtermail")
         paths.chatmailIni
         direction
@@ -115,15 +149,16 @@ let
   };
 
   # Daily jobs run once, as the mail user, and read chatmail.ini.
-  daily = description: words: extra: {
+  daily = description: argv: extra: {
     inherit description;
+    after = [ "network.target" ];
     serviceConfig =
       hardening
       // noNetwork
       // mailboxes
       // {
         Type = "oneshot";
-        ExecStart = cmd words;
+        ExecStart = argv;
       }
       // extra;
     timerConfig = {
@@ -132,109 +167,219 @@ let
       RandomizedDelaySec = "1h";
     };
   };
+
+  # A one-shot that makes a secret as root before its users start, once.
+  secretMaker = {
+    Type = "oneshot";
+    RemainAfterExit = true;
+    PrivateNetwork = true;
+    PrivateTmp = true;
+    ProtectHome = true;
+    NoNewPrivileges = true;
+  };
+
+  secret = paths.turnSecretFile;
+  key = paths.dkimKeyFile;
 in
 {
-  doveauth = {
-    description = "chatmail accounts for Dovecot (an account is created on its first login)";
-    serviceConfig =
-      daemon
-      // loopbackOnly
-      // mailboxes
-      // {
-        ExecStart = cmd [
-          (exe "doveauth")
-          "--token-file"
-          paths.doveauthTokenFile
+  services = {
+    doveauth = daemon (beforeDovecot // {
+      description = "chatmail accounts for Dovecot (an account is created on its first login)";
+      serviceConfig =
+        restarting
+        // loopbackOnly
+        // mailboxes
+        // {
+          ExecStart = [
+            (exe "doveauth")
+            "--token-file"
+            paths.doveauthTokenFile
+            paths.chatmailIni
+          ];
+          # The token file lives here: readable by the mail user only, which is also the user
+          # of Dovecot's auth workers.
+          RuntimeDirectory = baseName (dirOf' paths.doveauthTokenFile);
+          RuntimeDirectoryMode = "0700";
+        };
+    });
+
+    filtermail = filtermail "outgoing";
+    filtermail-incoming = filtermail "incoming";
+
+    chatmail-metadata = daemon (beforeDovecot // {
+      description = "chatmail IMAP METADATA and push notifications (Dovecot dict)";
+      serviceConfig =
+        restarting
+        // mailboxes
+        // socketDir paths.metadataSocket
+        // {
+          ExecStart = [
+            (exe "chatmail-metadata")
+            paths.chatmailIni
+            "--socket"
+            paths.metadataSocket
+          ];
+          # Push notifications go to the notification proxy over HTTPS (DNS included).
+          RestrictAddressFamilies = [
+            "AF_INET"
+            "AF_INET6"
+            "AF_UNIX"
+          ];
+        }
+        # The TURN secret (for short-lived TURN credentials) is handed over by systemd, which
+        # reads it as root: it appears as $CREDENTIALS_DIRECTORY/turn-secret, i.e.
+        # /run/credentials/chatmail-metadata.service/turn-secret, and the file itself stays
+        # readable by the TURN server only.
+        // optionalAttrs turn { LoadCredential = [ "turn-secret:${secret}" ]; };
+    });
+
+    chatmail-lastlogin = daemon (beforeDovecot // {
+      description = "chatmail last-login recorder (Dovecot dict)";
+      serviceConfig =
+        restarting
+        // noNetwork
+        // mailboxes
+        // socketDir paths.lastloginSocket
+        // {
+          ExecStart = [
+            (exe "chatmail-lastlogin")
+            paths.chatmailIni
+            "--socket"
+            paths.lastloginSocket
+          ];
+        };
+    });
+
+    chatmail-newemail = daemon {
+      description = "chatmail /new: suggests a fresh address and password (behind nginx)";
+      serviceConfig =
+        restarting
+        // loopbackOnly
+        // {
+          ExecStart = [
+            (exe "chatmail-newemail")
+            paths.chatmailIni
+          ];
+        };
+    };
+
+    # Removes old mail and unused accounts (dry run without --remove).
+    chatmail-expire = daily "chatmail expiry of old mail and inactive accounts" [
+      (exe "chatmail-expire")
+      paths.chatmailIni
+      "--remove"
+    ] { };
+
+    # Reads only: statistics of mailbox sizes and logins, printed to the journal.
+    chatmail-fsreport =
+      daily "chatmail daily storage and login report"
+        [
+          (exe "chatmail-fsreport")
           paths.chatmailIni
-        ];
-        # The token file lives here: readable by the mail user only, which is also the user
-        # of Dovecot's auth workers.
-        RuntimeDirectory = baseName (dirOf' paths.doveauthTokenFile);
-        RuntimeDirectoryMode = "0700";
+        ]
+        {
+          BindPaths = [ ];
+          BindReadOnlyPaths = [ paths.mailboxesDir ];
+        };
+  }
+  # The TURN secret is made once, readable by coturn's group only; chatmail-metadata gets it
+  # as a credential.
+  // optionalAttrs turn {
+    chatmail-turn-secret = {
+      description = "TURN secret of the chatmail relay";
+      wantedBy = [ "multi-user.target" ];
+      before = [
+        "coturn.service"
+        "chatmail-metadata.service"
+      ];
+      requiredBy = [
+        "coturn.service"
+        "chatmail-metadata.service"
+      ];
+      path = [ "openssl" ];
+      serviceConfig = secretMaker // {
+        UMask = "0027";
       };
-  };
-
-  filtermail = filtermail "outgoing";
-  filtermail-incoming = filtermail "incoming";
-
-  chatmail-metadata = {
-    description = "chatmail IMAP METADATA and push notifications (Dovecot dict)";
-    serviceConfig =
-      daemon
-      // mailboxes
-      // socketDir paths.metadataSocket
-      // {
-        ExecStart = cmd [
-          (exe "chatmail-metadata")
-          paths.chatmailIni
-          "--socket"
-          paths.metadataSocket
-        ];
-        # Push notifications go to the notification proxy over HTTPS (DNS included).
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_UNIX"
-        ];
-      }
-      # The TURN secret (for short-lived TURN credentials) is handed over by systemd, which
-      # reads it as root: it appears as $CREDENTIALS_DIRECTORY/turn-secret, i.e.
-      # /run/credentials/chatmail-metadata.service/turn-secret, and the file itself stays
-      # readable by the TURN server only.
-      // (
-        if paths.turnSecretFile or null != null then
-          { LoadCredential = [ "turn-secret:${paths.turnSecretFile}" ]; }
-        else
-          { }
-      );
-  };
-
-  chatmail-lastlogin = {
-    description = "chatmail last-login recorder (Dovecot dict)";
-    serviceConfig =
-      daemon
-      // noNetwork
-      // mailboxes
-      // socketDir paths.lastloginSocket
-      // {
-        ExecStart = cmd [
-          (exe "chatmail-lastlogin")
-          paths.chatmailIni
-          "--socket"
-          paths.lastloginSocket
-        ];
+      script = ''
+        if [ ! -s ${q secret} ]; then
+          install -d -m 0750 -g ${q paths.turnGroup} ${q (dirOf' secret)}
+          openssl rand -hex 32 > ${q "${secret}.tmp"}
+          chgrp ${q paths.turnGroup} ${q "${secret}.tmp"}
+          chmod 0440 ${q "${secret}.tmp"}
+          mv ${q "${secret}.tmp"} ${q secret}
+        fi
+      '';
+    };
+  }
+  # The DKIM key is made once when the operator gives none (a given key is used as it is, and
+  # nothing else is generated), readable by OpenDKIM only; its DNS record goes to the journal.
+  // optionalAttrs (dkim && paths.dkimKeyGenerated) {
+    chatmail-dkim-key = {
+      description = "DKIM key of the chatmail relay";
+      wantedBy = [ "multi-user.target" ];
+      before = [ "opendkim.service" ];
+      requiredBy = [ "opendkim.service" ];
+      path = [
+        "opendkim"
+        "openssl"
+      ];
+      serviceConfig = secretMaker // {
+        UMask = "0077";
       };
+      script = ''
+        if [ ! -s ${q key} ]; then
+          work=$(mktemp -d)
+          opendkim-genkey -b 2048 -D "$work" -s ${q paths.dkimSelector} -d ${q settings.mail_domain}
+          install -d -m 0700 -o ${q paths.dkimUser} -g ${q paths.dkimUser} ${q (dirOf' key)}
+          install -m 0600 -o ${q paths.dkimUser} -g ${q paths.dkimUser} "$work/"${q "${paths.dkimSelector}.private"} ${q "${key}.tmp"}
+          mv ${q "${key}.tmp"} ${q key}
+          echo "Generated the DKIM key ${key}. Publish this DNS record:"
+          cat "$work/"${q "${paths.dkimSelector}.txt"}
+          rm -r "$work"
+        fi
+      '';
+    };
   };
 
-  chatmail-newemail = {
-    description = "chatmail /new: suggests a fresh address and password (behind nginx)";
-    serviceConfig =
-      daemon
-      // loopbackOnly
-      // {
-        ExecStart = cmd [
-          (exe "chatmail-newemail")
-          paths.chatmailIni
-        ];
-      };
-  };
+  tmpfiles = [
+    # <mailboxes_dir>/<address>/ holds each account: its password file and its maildir.
+    # Its parent first: one made by tmpfiles itself would be root's, and systemd-tmpfiles
+    # refuses to go on from the mail user's home into a root-owned directory.
+    "d ${dirOf' paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
+    "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
+  ];
 
-  # Removes old mail and unused accounts (dry run without --remove).
-  chatmail-expire = daily "chatmail expiry of old mail and inactive accounts" [
-    (exe "chatmail-expire")
-    paths.chatmailIni
-    "--remove"
-  ] { };
-
-  # Reads only: statistics of mailbox sizes and logins, printed to the journal.
-  chatmail-fsreport =
-    daily "chatmail daily storage and login report"
-      [
-        (exe "chatmail-fsreport")
-        paths.chatmailIni
+  # Start-up order between the relay's services:
+  #   certificate unit -> Postfix, Dovecot, nginx
+  #   doveauth, chatmail-metadata, chatmail-lastlogin -> Dovecot (passdb and dicts)
+  #   postfix-setup (NixOS: creates private/) -> Dovecot (its sockets live there)
+  #   Dovecot, the filters, OpenDKIM, unbound -> Postfix
+  ordering = {
+    postfix =
+      tlsUnits
+      ++ [
+        "dovecot.service"
+        "filtermail.service"
+        "filtermail-incoming.service"
       ]
-      {
-        BindPaths = [ ];
-        BindReadOnlyPaths = [ paths.mailboxesDir ];
-      };
+      ++ optional dkim "opendkim.service"
+      ++ resolver;
+    dovecot = tlsUnits ++ [
+      "postfix-setup.service"
+      "doveauth.service"
+      "chatmail-metadata.service"
+      "chatmail-lastlogin.service"
+    ];
+    # With ACME, nginx must come first (it answers the HTTP-01 challenge); nixpkgs' ACME
+    # module orders the certificate unit after it.
+    nginx = if paths.tlsMode or null == "acme" then [ ] else tlsUnits;
+  };
+
+  # OpenDKIM leaks memory over time: it comes back after a crash, and a daily restart keeps
+  # it small (as the reference relay runs it).
+  opendkimService = {
+    Restart = "always";
+    RestartSec = "5s";
+    RuntimeMaxSec = "1d";
+  };
 }

@@ -1,0 +1,84 @@
+"""The relay's units as data (nixos/modules/chatmail/config/units.nix): what NixOS and the
+lab both build their systemd units from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "nixos/modules/chatmail/config"
+sys.path.insert(0, str(ROOT / "tests/lab"))
+
+import units as unitfiles  # noqa: E402
+
+# The NixOS paths (config/paths-nixos.nix) of an example relay, with selector "default";
+# each test overrides what it is about.
+BASE = f'import {CONFIG}/paths-nixos.nix {{ domain = "chat.example.org"; dkimSelector = "default"; }}'
+
+
+def evaluate(**overrides) -> dict:
+    expr = (
+        f"import {CONFIG}/units.nix {{ settings = (import {CONFIG}/defaults.nix).settings // "
+        f'{{ mail_domain = "chat.example.org"; }}; '
+        f"paths = ({BASE}) // builtins.fromJSON {json.dumps(json.dumps(overrides))}; "
+        f'exe = n: "/bin/${{n}}"; }}'
+    )
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def test_a_given_dkim_key_is_used_as_it_is_and_no_other_key_is_generated():
+    services = evaluate(dkimKeyGenerated=False, dkimKeyFile="/run/secrets/dkim.private")["services"]
+    assert not [name for name, unit in services.items() if "opendkim-genkey" in unit.get("script", "")]
+
+
+def test_without_a_given_key_one_one_shot_makes_exactly_the_key_opendkim_reads():
+    unit = evaluate()["services"]["chatmail-dkim-key"]
+    assert unit["requiredBy"] == ["opendkim.service"] and unit["before"] == ["opendkim.service"]
+    assert "if [ ! -s '/var/lib/opendkim/keys/default.private' ]" in unit["script"]
+    assert "mv '/var/lib/opendkim/keys/default.private.tmp' '/var/lib/opendkim/keys/default.private'" in unit["script"]
+
+
+def test_one_shot_scripts_quote_every_path_for_the_shell():
+    unit = evaluate(turnSecretFile="/var/lib/it's here/secret")["services"]["chatmail-turn-secret"]
+    assert "'/var/lib/it'\\''s here/secret'" in unit["script"]
+    r = subprocess.run(["sh", "-n", "-c", unit["script"]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_every_daemon_has_its_command_line_as_a_list_of_arguments():
+    for name, unit in evaluate()["services"].items():
+        if "script" not in unit:
+            assert isinstance(unit["serviceConfig"]["ExecStart"], list), name
+            assert unit["serviceConfig"]["ExecStart"][0].startswith("/bin/"), name
+
+
+def test_exec_arguments_are_quoted_as_nixpkgs_escape_systemd_exec_args_quotes_them():
+    # utils.escapeSystemdExecArg: toJSON, then % -> %% and $ -> $$.
+    argv = ["/bin/x", "two words", "100%", "$HOME", 'say "hi"', "back\\slash"]
+    assert unitfiles.exec_args(argv) == (
+        '"/bin/x" "two words" "100%%" "$$HOME" "say \\"hi\\"" "back\\\\slash"'
+    )
+
+
+def test_with_acme_nginx_starts_before_the_certificate_unit_and_postfix_after_it():
+    ordering = evaluate()["ordering"]
+    assert ordering["nginx"] == []
+    assert "acme-chat.example.org.service" in ordering["postfix"]
+    assert evaluate(tlsMode="self-signed", tlsUnit="chatmail-tls-selfsigned.service")["ordering"]["nginx"] == [
+        "chatmail-tls-selfsigned.service"]
+
+
+def test_the_mailboxes_parent_is_made_for_the_mail_user_before_the_mailboxes():
+    assert evaluate()["tmpfiles"][:2] == [
+        "d /home/vmail/mail 0700 vmail vmail - -",
+        "d /home/vmail/mail/chat.example.org 0700 vmail vmail - -",
+    ]
+
+
+def test_opendkim_restarts_daily_and_after_a_crash():
+    assert evaluate()["opendkimService"] == {"Restart": "always", "RestartSec": "5s", "RuntimeMaxSec": "1d"}
