@@ -8,7 +8,7 @@ from conftest import labmod, relay_file
 
 
 def test_nginx_speaks_http_1_1_to_the_upstreams_as_nixos_recommended_proxy_settings_do(lab):
-    conf = relay_file("relay2", labmod.NGINX_CONF).read_text()
+    conf = relay_file("relay2", labmod.paths("relay2")["nginxConf"]).read_text()
     http = conf[conf.index("http {"):]
     assert "proxy_http_version 1.1;" in http
     mxdeliv = http[http.index("location = /mxdeliv {"):]
