@@ -15,6 +15,8 @@ Needs root and these Debian packages: debootstrap nix-bin iproute2 openssl syste
   lab.py exec HOST -- CMD...
                    run a command on a host (inside the relay's container for relays)
   lab.py demo      two Delta Chat users on the two relays: Secure-Join, then messages
+  lab.py bench [ARGS...]
+                   delivery latency: core to core, file to IDLE EXISTS (bench_delivery.py)
   lab.py down      stop everything and remove every namespace, mount and file
 
 Modules: hosts (namespaces, overlays, containers), pki (CA, DKIM keys, ACME server),
@@ -255,6 +257,15 @@ def demo() -> int:
                                             "--relays", *[r.domain for r in RELAYS if r.domain]]))
 
 
+def bench(args: list[str]) -> int:
+    """bench_delivery.py on the lab (brought up first if it is down)."""
+    if not is_up():
+        up()
+    import bench_delivery
+
+    return bench_delivery.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("host", choices=sorted(BY_NAME))
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     sub.add_parser("demo", help="Secure-Join and messages between two Delta Chat users")
+    # Its options are bench_delivery.py's (lab.py bench --help lists them).
+    sub.add_parser("bench", help="delivery latency: core to core, file to IDLE EXISTS", add_help=False)
     sub.add_parser("down", help="remove everything the lab made")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "bench" and {"-h", "--help"} & set(extra):
+        import bench_delivery
+
+        return bench_delivery.main(extra)
     if os.geteuid() != 0:
         parser.error("the lab needs root (network namespaces, mounts, containers)")
     try:
@@ -279,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return exec_cmd(args.host, cmd)
         elif args.command == "demo":
             return demo()
+        elif args.command == "bench":
+            return bench(extra)
         elif args.command == "down":
             down()
     except (LabError, subprocess.CalledProcessError) as e:
