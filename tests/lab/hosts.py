@@ -43,12 +43,24 @@ class Host:
     def netns(self) -> str:
         return PREFIX + self.name
 
+    @property
+    def ip_literal(self) -> bool:
+        """A relay without a domain: its mail_domain is its IPv4 address."""
+        return self.domain == self.ip
+
+    @property
+    def hostname(self) -> str:
+        return self.domain if self.domain and not self.ip_literal else self.name
+
 
 DNS = Host("dns", f"{SUBNET}.2")
 RELAYS = [Host("relay1", f"{SUBNET}.11", "relay1.test", booted=True),
           Host("relay2", f"{SUBNET}.12", "relay2.test", booted=True)]
+# A relay without a domain: addresses user@[10.77.0.13], a self-signed certificate, no DKIM.
+IP_RELAY = Host("relay3", f"{SUBNET}.13", f"{SUBNET}.13", booted=True)
+BOOTED = [*RELAYS, IP_RELAY]
 CLIENT = Host("client", f"{SUBNET}.100", chrooted=False)
-HOSTS = [DNS, *RELAYS, CLIENT]
+HOSTS = [DNS, *BOOTED, CLIENT]
 BY_NAME = {h.name: h for h in HOSTS}
 
 
@@ -110,7 +122,7 @@ def mount_host(host: Host, base: Path) -> None:
         run(["mount", "--bind", "/dev", str(root / "dev")])
         run(["mount", "-t", "tmpfs", "tmpfs", str(root / "run")])
     (root / "etc/hosts").write_text(
-        "127.0.0.1 localhost\n" + "".join(f"{h.ip} {h.domain or h.name}\n" for h in HOSTS)
+        "127.0.0.1 localhost\n" + "".join(f"{h.ip} {h.hostname}\n" for h in HOSTS)
     )
     (root / "etc/resolv.conf").write_text(f"nameserver {DNS.ip}\n")
 
@@ -131,12 +143,22 @@ def boot(host: Host, binds: dict[str, str]) -> None:
     out = (STATE / host.name / "nspawn.log").open("w")
     cmd = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
            f"--network-namespace-path=/run/netns/{host.netns}", "-D", str(merged(host)), "-b",
-           f"--machine={host.netns}", f"--hostname={host.domain or host.name}",
+           f"--machine={host.netns}", f"--hostname={host.hostname}",
            "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=passive",
            *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()]]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     (STATE / host.name / "nspawn.pid").write_text(str(proc.pid))
+
+
+def contained_run(host: Host, binds: dict[str, str], cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run one command in the host's tree and network namespace before it boots (a one-shot
+    container: its own /proc and /dev, the same read-only binds as the booted relay)."""
+    return run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe",
+                f"--network-namespace-path=/run/netns/{host.netns}", "-D", str(merged(host)),
+                f"--hostname={host.hostname}", "--resolv-conf=off", "--timezone=off",
+                "--link-journal=no", *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()],
+                "env", "-i", *RELAY_ENV, *cmd], capture=True)
 
 
 def leader(host: Host) -> int | None:
