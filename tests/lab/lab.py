@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""The chatmail lab: two federating relays, a DNS server and a client, on one machine.
+"""The chatmail lab: two federating relays, a third one without a domain (its IPv4 address
+as mail domain, self-signed), a DNS server and a client, on one machine.
 
 Each host runs in its own network namespace, joined by a bridge in a switch namespace.
 The relays boot Debian 13's systemd (systemd-nspawn) in an overlay of a cached Debian 13
 root filesystem; their configuration and every chatmaild unit come from the NixOS module's
 data evaluated with nix-instantiate, and chatmaild runs from this checkout's source. The DNS
-server (unbound, and pebble for ACME) runs chrooted; the client host shares this machine's
-filesystem and runs Delta Chat cores.
+server (unbound, and pebble for ACME) runs chrooted and publishes what `chatmail dns` prints
+on each relay; the client host shares this machine's filesystem and runs Delta Chat cores.
 
 Needs root and these Debian packages: debootstrap nix-bin iproute2 openssl systemd-container.
 

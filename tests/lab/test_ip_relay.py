@@ -103,3 +103,16 @@ def test_mail_goes_from_the_ip_relay_to_a_domain_relay_and_back(client, account)
     got = on_ip_relay(client, "wait", addr, pw, "--token", reply["token"])
     assert got["ok"], got
     print(f"{addr} -> {bob} and back: delivered")
+
+
+def test_chatmail_status_passes_on_the_ip_relay_and_dns_says_it_has_no_zone(lab):
+    relay = labmod.IP_RELAY
+    status = labmod.host_run(relay, ["chatmail", "status"], check=False, capture=True)
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = {cols[1]: cols for cols in map(str.split, status.stdout.splitlines()) if len(cols) >= 3}
+    for unit in ("postfix.service", "dovecot.service", "doveauth.service", "filtermail-incoming.service",
+                 "nginx.service"):
+        assert rows[unit][0] == "ok" and rows[unit][2] == "active", (unit, status.stdout)
+    dns = labmod.host_run(relay, ["chatmail", "dns"], check=False, capture=True)
+    assert dns.returncode == 2 and "IP-literal relay" in dns.stderr and dns.stdout == "", dns
+    print(status.stdout)
