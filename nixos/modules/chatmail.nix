@@ -228,6 +228,12 @@ in
       };
     };
 
+    dovecot.instantIdle = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Build Dovecot without its 500 ms wait before IDLE clients hear of new mail: delivery is half a second faster, but Dovecot is compiled locally instead of coming from the binary cache. Applies to the module's default {option}`services.dovecot2.package` only.";
+    };
+
     nginx.enable = mkOption {
       type = types.bool;
       default = true;

@@ -38,6 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import dovecot_build  # noqa: E402
 import relay as relaymod  # noqa: E402
 import rootfs  # noqa: E402
 from fixtures import (  # noqa: E402,F401
@@ -87,10 +88,12 @@ def up() -> None:
             raise LabError(f"{tool} is missing: apt-get install debootstrap nix-bin iproute2 openssl "
                            "systemd-container util-linux")
     base = rootfs.ensure_rootfs(log)
+    # Dovecot without the 500 ms IDLE delay, as the NixOS module builds it (built once, cached).
+    dovecot = dovecot_build.ensure_patched_dovecot(log, base)
     STATE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        _bring_up(base)
+        _bring_up(base, dovecot)
     except BaseException:
         _keep_logs()
         log(f"up failed: removing what it made; the hosts' logs are kept in {FAILED_LOGS}")
@@ -115,7 +118,7 @@ def _keep_logs() -> None:
         (FAILED_LOGS / r.name / "journal.txt").write_text(out)
 
 
-def _bring_up(base: Path) -> None:
+def _bring_up(base: Path, dovecot: Path) -> None:
     log("network: namespaces and a bridge")
     make_network()
     Path("/etc/netns", CLIENT.netns).mkdir(parents=True, exist_ok=True)
@@ -123,6 +126,8 @@ def _bring_up(base: Path) -> None:
     for h in HOSTS:
         if h.chrooted:
             mount_host(h, base)
+    for relay in BOOTED:
+        dovecot_build.install_into(merged(relay), dovecot)
     log("TLS: a lab CA and one certificate per relay")
     ca = make_ca()
     make_dkim_keys(ca)

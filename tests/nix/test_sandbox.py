@@ -9,7 +9,6 @@ relays loaded them, too: tests/lab/test_systemd.py.)"""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -22,26 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests/lab"))
 
 import units as unitfiles  # noqa: E402
+from test_units import evaluate  # noqa: E402  (the units as NixOS gets them)
 
 CONFIG = ROOT / "nixos/modules/chatmail/config"
 MAX_EXPOSURE = 2.0
 
 
-def units() -> dict:
-    """The units as NixOS renders them, with the NixOS paths (config/paths-nixos.nix)."""
-    expr = (
-        f"import {CONFIG}/units.nix {{ settings = (import {CONFIG}/defaults.nix).settings // "
-        f'{{ mail_domain = "chat.example.org"; }}; '
-        f'paths = import {CONFIG}/paths-nixos.nix {{ domain = "chat.example.org"; }}; '
-        f'exe = n: "/run/current-system/sw/bin/${{n}}"; }}'
-    )
-    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
-
-
 # The one-shots that make secrets run as root and are not daemons: not scored here.
-UNITS = {name: unit for name, unit in units()["services"].items() if "script" not in unit}
+UNITS = {name: unit for name, unit in evaluate()["services"].items() if "script" not in unit}
 
 
 @pytest.mark.parametrize("name", sorted(UNITS))

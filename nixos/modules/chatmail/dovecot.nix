@@ -12,12 +12,22 @@ let
   inherit (common) cfg dovecotConf dovecotVersions;
   # nixpkgs builds Dovecot without Lua; our passdb/userdb is a Lua script.
   dovecotWithLua = (pkgs.dovecot).override { withLua = true; };
+  # Dovecot waits 500 ms after a new file appears in a maildir before it tells IDLE clients
+  # (NOTIFY_DELAY_MSECS in lib-storage's mailbox watch); the patch makes that 0. Added to
+  # the package's own patches, so nothing outside this module sees a different Dovecot.
+  dovecotPackage =
+    if cfg.dovecot.instantIdle then
+      dovecotWithLua.overrideAttrs (old: {
+        patches = (old.patches or [ ]) ++ [ ./patches/dovecot-no-idle-delay.patch ];
+      })
+    else
+      dovecotWithLua;
 in
 {
   config = lib.mkIf cfg.enable {
     services.dovecot2 = {
       enable = true;
-      package = lib.mkDefault dovecotWithLua;
+      package = lib.mkDefault dovecotPackage;
       # configFile takes over: nixpkgs then renders no dovecot.conf of its own, so
       # services.dovecot2.settings (protocols, mail_path, ssl_server_cert_file, ...) and the
       # other options nixpkgs writes into that file have no effect here. Everything Dovecot

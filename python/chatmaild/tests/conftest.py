@@ -56,7 +56,9 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
     """Write a real chatmail.ini with the given overrides and read it back.
 
     Mailboxes, the nocreate file and the blocklist live under the test's temporary
-    directory unless overridden.
+    directory unless overridden. The load limit for new accounts is out of reach unless a
+    test sets it: a busy test machine must not decide a test about something else (the
+    limit itself is tested with an injected load, test_syslimits.py).
     """
 
     def make(mail_domain: str = DOMAIN, **overrides: object) -> Config:
@@ -65,6 +67,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
             "mailboxes_dir": tmp_path / "mail",
             "nocreate_file": tmp_path / "nocreate",
             "blocklist_file": tmp_path / "blocklist",
+            "max_load_1m": 1000,
         }
         params.update(overrides)
         lines = ["[params]"] + [f"{key} = {value}" for key, value in params.items()]
