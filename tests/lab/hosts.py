@@ -135,6 +135,46 @@ def chroot_run(host: Host, cmd: list[str], **kw) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- containers
 
 
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+
+
+def cgroup_dirs(host: Host) -> list[Path]:
+    """The host's own cgroup in each writable hierarchy of this machine (named after its
+    namespace, so another lab's hosts have their own)."""
+    roots = [r for r in CGROUP_ROOTS if (r / "cgroup.procs").exists()]
+    # On a pure cgroup v2 machine /sys/fs/cgroup is the one hierarchy; on a hybrid one it is
+    # a tmpfs holding the others.
+    return [r / f"chatmail-lab-{host.netns}" for r in roots]
+
+
+def enter_own_cgroup(host: Host) -> None:
+    """Move the calling process into the host's own cgroups (a preexec function).
+
+    Why: with --keep-unit, a container's systemd builds its tree (system.slice/<unit>...)
+    inside the cgroup systemd-nspawn runs in. Were that one cgroup for every container, the
+    relays (and other labs' relays), which run units of the same names, would share those
+    directories, and one systemd removing a unit's emptied cgroup while another starts the
+    unit makes the start fail ("Failed to spawn executor: No such file or directory")."""
+    for d in cgroup_dirs(host):
+        d.mkdir(exist_ok=True)
+        (d / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def remove_cgroups(host: Host) -> None:
+    """Remove the host's cgroups (empty once its container has stopped), deepest first."""
+    for d in cgroup_dirs(host):
+        if d.is_dir():
+            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
 def boot(host: Host, binds: dict[str, str]) -> None:
     """Boot systemd in the host's overlay, in the host's network namespace (detached).
 
@@ -147,7 +187,7 @@ def boot(host: Host, binds: dict[str, str]) -> None:
            "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=passive",
            *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()]]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: enter_own_cgroup(host))
     (STATE / host.name / "nspawn.pid").write_text(str(proc.pid))
 
 
@@ -158,7 +198,7 @@ def contained_run(host: Host, binds: dict[str, str], cmd: list[str]) -> subproce
                 f"--network-namespace-path=/run/netns/{host.netns}", "-D", str(merged(host)),
                 f"--hostname={host.hostname}", "--resolv-conf=off", "--timezone=off",
                 "--link-journal=no", *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()],
-                "env", "-i", *RELAY_ENV, *cmd], capture=True)
+                "env", "-i", *RELAY_ENV, *cmd], capture=True, preexec_fn=lambda: enter_own_cgroup(host))
 
 
 def leader(host: Host) -> int | None:

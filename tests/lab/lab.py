@@ -48,7 +48,8 @@ from fixtures import (  # noqa: E402,F401
 from hosts import (  # noqa: E402,F401
     BOOTED, BY_NAME, CLIENT, DNS, HOSTS, IP_RELAY, PREFIX, RELAYS, STATE, SWITCH, Host, LabError, boot, contained_run, host_run, in_host,
     leader, log,
-    make_network, merged, mount_host, netns_exists, nspawn_lock, pids_of, poweroff, run, wait_booted,
+    make_network, merged, mount_host, netns_exists, nspawn_lock, pids_of, poweroff, remove_cgroups, run,
+    wait_booted, cgroup_dirs,
 )
 from pki import acme_root, make_ca, make_dkim_keys, start_acme_server  # noqa: E402
 
@@ -187,6 +188,8 @@ def down() -> None:
                 run(["umount", "-l", m], check=False)
     for lock in locks:
         lock.unlink(missing_ok=True)
+    for r in BOOTED:
+        remove_cgroups(r)
     for name in [h.netns for h in HOSTS] + [SWITCH]:
         if netns_exists(name):
             run(["ip", "netns", "del", name], check=False)
@@ -202,6 +205,7 @@ def leftovers(locks: list[Path]) -> list[str]:
     found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(str(STATE) + "/")]
     found += [f"lock {lock}" for lock in locks if lock.exists()]
+    found += [f"cgroup {d}" for r in BOOTED for d in cgroup_dirs(r) if d.exists()]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
