@@ -18,6 +18,8 @@ let
     ;
 
   cfg = config.services.chatmail;
+  # An IPv4 address as domain makes an IP-literal relay (./chatmail/config/identity.nix).
+  ipLiteral = cfg.domain != null && (import ./chatmail/config/identity.nix cfg.domain).ipv4;
   # chatmaild's defaults file, shared with the daemons: every settings default is given there
   # once, and set below with mkDefault.
   defaults = import ./chatmail/config/defaults.nix;
@@ -68,7 +70,9 @@ in
       description = ''
         The mail domain of the relay: addresses are `<name>@<domain>`, and the host must be
         reachable under this name (A/AAAA and MX records). Written to chatmail.ini as
-        `mail_domain`.
+        `mail_domain`. An IPv4 address instead makes a relay without a domain: addresses
+        are `<name>@[<address>]`, the certificate is self-signed (clients are told to accept
+        it) and nothing is DKIM-signed (other relays accept its mail from that address only).
       '';
     };
 
@@ -141,8 +145,14 @@ in
           "external"
           "self-signed"
         ];
-        default = if cfg.tls.certificateFile != null then "external" else "acme";
-        defaultText = literalExpression ''if config.services.chatmail.tls.certificateFile != null then "external" else "acme"'';
+        default =
+          if cfg.tls.certificateFile != null then
+            "external"
+          else if ipLiteral then
+            "self-signed"
+          else
+            "acme";
+        defaultText = literalExpression ''"external" if certificateFile is set, "self-signed" if domain is an IPv4 address, else "acme"'';
         description = ''
           Where the relay's certificate comes from:
           - `acme`: Let's Encrypt (or {option}`security.acme.defaults.server`) through
@@ -193,8 +203,9 @@ in
     dkim = {
       enable = mkOption {
         type = types.bool;
-        default = true;
-        description = "Sign outgoing mail with DKIM through OpenDKIM (other relays reject unsigned mail).";
+        default = !ipLiteral;
+        defaultText = literalExpression "true, false if domain is an IPv4 address";
+        description = "Sign outgoing mail with DKIM through OpenDKIM (other relays reject unsigned mail; an IP-literal relay's mail is accepted by its address instead).";
       };
       selector = mkOption {
         type = types.strMatching "[A-Za-z0-9][A-Za-z0-9-]*";

@@ -1,5 +1,5 @@
-"""What the lab puts around its relays: the DNS server of the .test zone (A, MX and DKIM
-records) and the stand-in for the push notification proxy, with the relay settings that
+"""What the lab puts around its relays: the DNS server of the .test zone (each relay's
+records exactly as `chatmail dns` prints them on that relay) and the stand-in for the push notification proxy, with the relay settings that
 point at it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from hosts import CLIENT, DNS, RELAYS, STATE, host_spawn, merged, pids_of, wait_port, write
+from hosts import CLIENT, DNS, STATE, LabError, host_run, host_spawn, merged, pids_of, wait_port, write
 from pki import ACME_HOST
 
 HERE = Path(__file__).resolve().parent
@@ -29,19 +29,30 @@ APPVERSIONS = {"clients": [{"clientId": "deltachat", "sources": [{
     "downloadUrl": "https://download.delta.chat/lab/example.apk"}]}]}
 
 
-def txt(value: str) -> str:
-    """A TXT record's data as quoted strings of at most 255 characters (RFC 1035)."""
-    return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+ZONE = "test."
+ZONE_FILE = "/etc/unbound/test.zone"
+DNS_CONF = "/etc/unbound/lab.conf"
+# The zone's own records: the name server, and pebble's name. Everything about a relay comes
+# from `chatmail dns` run on that relay.
+ZONE_HEAD = f"""$ORIGIN {ZONE}
+$TTL 3600
+@    IN SOA ns.{ZONE} hostmaster.{ZONE} 1 3600 600 86400 60
+@    IN NS  ns.{ZONE}
+ns   IN A   {DNS.ip}
+{ACME_HOST}. IN A {DNS.ip}
+"""
 
 
-def start_dns(dkim: dict[str, str]) -> None:
+def zone_text(relay_zones: dict[str, str]) -> str:
+    """The lab's .test zone: its head, then each relay's `chatmail dns` output verbatim."""
+    return ZONE_HEAD + "".join(f"\n{relay_zones[name]}" for name in sorted(relay_zones))
+
+
+def start_dns() -> None:
+    """unbound on the DNS host, authoritative for .test from ZONE_FILE (which
+    :func:`publish_zone` rewrites), controlled through a local socket."""
     root = merged(DNS)
-    records = []
-    for r in RELAYS:
-        records += [f'local-data: "{name}. A {r.ip}"' for name in (r.domain, f"www.{r.domain}", f"mta-sts.{r.domain}")]
-        records += [f'local-data: "{r.domain}. MX 10 {r.domain}."',
-                    f"local-data: 'opendkim._domainkey.{r.domain}. TXT {txt(dkim[r.domain])}'"]
-    records.append(f'local-data: "{ACME_HOST}. A {DNS.ip}"')
+    write(root, ZONE_FILE, zone_text({}))
     conf = "\n".join([
         "server:",
         f"  interface: {DNS.ip}",
@@ -51,12 +62,34 @@ def start_dns(dkim: dict[str, str]) -> None:
         "  do-daemonize: no",
         "  use-syslog: no",
         "  logfile: /var/log/unbound.log",
-        '  local-zone: "test." static',
-        *("  " + rec for rec in records),
+        # unbound answers .test (RFC 6761) itself unless told not to.
+        f'  local-zone: "{ZONE}" nodefault',
+        "remote-control:",
+        "  control-enable: yes",
+        "  control-interface: /run/unbound.ctl",
+        "auth-zone:",
+        f'  name: "{ZONE}"',
+        f'  zonefile: "{ZONE_FILE}"',
+        "  for-downstream: yes",
+        "  for-upstream: yes",
     ]) + "\n"
-    write(root, "/etc/unbound/lab.conf", conf)
-    host_spawn(DNS, ["unbound", "-d", "-c", "/etc/unbound/lab.conf"], "/var/log/unbound.out")
+    write(root, DNS_CONF, conf)
+    host_spawn(DNS, ["unbound", "-d", "-c", DNS_CONF], "/var/log/unbound.out")
     wait_port(DNS, DNS.ip, 53)
+
+
+def publish_zone(relay_zones: dict[str, str]) -> None:
+    """Publish the relays' zones (relay domain -> `chatmail dns` output) and make unbound
+    load them before returning."""
+    write(merged(DNS), ZONE_FILE, zone_text(relay_zones))
+    deadline = time.monotonic() + 30
+    while True:
+        r = host_run(DNS, ["unbound-control", "-c", DNS_CONF, "auth_zone_reload", ZONE], check=False, capture=True)
+        if r.returncode == 0 and r.stdout.strip() == "ok":
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"unbound did not load {ZONE_FILE}: {r.stdout}{r.stderr}")
+        time.sleep(0.2)
 
 
 def start_push_proxy(status: int = 200) -> None:

@@ -43,12 +43,24 @@ class Host:
     def netns(self) -> str:
         return PREFIX + self.name
 
+    @property
+    def ip_literal(self) -> bool:
+        """A relay without a domain: its mail_domain is its IPv4 address."""
+        return self.domain == self.ip
+
+    @property
+    def hostname(self) -> str:
+        return self.domain if self.domain and not self.ip_literal else self.name
+
 
 DNS = Host("dns", f"{SUBNET}.2")
 RELAYS = [Host("relay1", f"{SUBNET}.11", "relay1.test", booted=True),
           Host("relay2", f"{SUBNET}.12", "relay2.test", booted=True)]
+# A relay without a domain: addresses user@[10.77.0.13], a self-signed certificate, no DKIM.
+IP_RELAY = Host("relay3", f"{SUBNET}.13", f"{SUBNET}.13", booted=True)
+BOOTED = [*RELAYS, IP_RELAY]
 CLIENT = Host("client", f"{SUBNET}.100", chrooted=False)
-HOSTS = [DNS, *RELAYS, CLIENT]
+HOSTS = [DNS, *BOOTED, CLIENT]
 BY_NAME = {h.name: h for h in HOSTS}
 
 
@@ -110,7 +122,7 @@ def mount_host(host: Host, base: Path) -> None:
         run(["mount", "--bind", "/dev", str(root / "dev")])
         run(["mount", "-t", "tmpfs", "tmpfs", str(root / "run")])
     (root / "etc/hosts").write_text(
-        "127.0.0.1 localhost\n" + "".join(f"{h.ip} {h.domain or h.name}\n" for h in HOSTS)
+        "127.0.0.1 localhost\n" + "".join(f"{h.ip} {h.hostname}\n" for h in HOSTS)
     )
     (root / "etc/resolv.conf").write_text(f"nameserver {DNS.ip}\n")
 
@@ -123,6 +135,46 @@ def chroot_run(host: Host, cmd: list[str], **kw) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- containers
 
 
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+
+
+def cgroup_dirs(host: Host) -> list[Path]:
+    """The host's own cgroup in each writable hierarchy of this machine (named after its
+    namespace, so another lab's hosts have their own)."""
+    roots = [r for r in CGROUP_ROOTS if (r / "cgroup.procs").exists()]
+    # On a pure cgroup v2 machine /sys/fs/cgroup is the one hierarchy; on a hybrid one it is
+    # a tmpfs holding the others.
+    return [r / f"chatmail-lab-{host.netns}" for r in roots]
+
+
+def enter_own_cgroup(host: Host) -> None:
+    """Move the calling process into the host's own cgroups (a preexec function).
+
+    Why: with --keep-unit, a container's systemd builds its tree (system.slice/<unit>...)
+    inside the cgroup systemd-nspawn runs in. Were that one cgroup for every container, the
+    relays (and other labs' relays), which run units of the same names, would share those
+    directories, and one systemd removing a unit's emptied cgroup while another starts the
+    unit makes the start fail ("Failed to spawn executor: No such file or directory")."""
+    for d in cgroup_dirs(host):
+        d.mkdir(exist_ok=True)
+        (d / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def remove_cgroups(host: Host) -> None:
+    """Remove the host's cgroups (empty once its container has stopped), deepest first."""
+    for d in cgroup_dirs(host):
+        if d.is_dir():
+            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
 def boot(host: Host, binds: dict[str, str]) -> None:
     """Boot systemd in the host's overlay, in the host's network namespace (detached).
 
@@ -131,12 +183,22 @@ def boot(host: Host, binds: dict[str, str]) -> None:
     out = (STATE / host.name / "nspawn.log").open("w")
     cmd = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
            f"--network-namespace-path=/run/netns/{host.netns}", "-D", str(merged(host)), "-b",
-           f"--machine={host.netns}", f"--hostname={host.domain or host.name}",
+           f"--machine={host.netns}", f"--hostname={host.hostname}",
            "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=passive",
            *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()]]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: enter_own_cgroup(host))
     (STATE / host.name / "nspawn.pid").write_text(str(proc.pid))
+
+
+def contained_run(host: Host, binds: dict[str, str], cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run one command in the host's tree and network namespace before it boots (a one-shot
+    container: its own /proc and /dev, the same read-only binds as the booted relay)."""
+    return run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe",
+                f"--network-namespace-path=/run/netns/{host.netns}", "-D", str(merged(host)),
+                f"--hostname={host.hostname}", "--resolv-conf=off", "--timezone=off",
+                "--link-journal=no", *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()],
+                "env", "-i", *RELAY_ENV, *cmd], capture=True, preexec_fn=lambda: enter_own_cgroup(host))
 
 
 def leader(host: Host) -> int | None:

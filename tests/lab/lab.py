@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""The chatmail lab: two federating relays, a DNS server and a client, on one machine.
+"""The chatmail lab: two federating relays, a third one without a domain (its IPv4 address
+as mail domain, self-signed), a DNS server and a client, on one machine.
 
 Each host runs in its own network namespace, joined by a bridge in a switch namespace.
 The relays boot Debian 13's systemd (systemd-nspawn) in an overlay of a cached Debian 13
 root filesystem; their configuration and every chatmaild unit come from the NixOS module's
 data evaluated with nix-instantiate, and chatmaild runs from this checkout's source. The DNS
-server (unbound, and pebble for ACME) runs chrooted; the client host shares this machine's
-filesystem and runs Delta Chat cores.
+server (unbound, and pebble for ACME) runs chrooted and publishes what `chatmail dns` prints
+on each relay; the client host shares this machine's filesystem and runs Delta Chat cores.
 
 Needs root and these Debian packages: debootstrap nix-bin iproute2 openssl systemd-container.
 
@@ -42,14 +43,21 @@ sys.path.insert(0, str(HERE))
 import dovecot_build  # noqa: E402
 import relay as relaymod  # noqa: E402
 import rootfs  # noqa: E402
-from fixtures import APPVERSIONS, LAB_SETTINGS, PUSH_LOG, PUSH_PORT, start_dns, start_push_proxy, stop_push_proxy  # noqa: E402,F401
+from fixtures import (  # noqa: E402,F401
+    APPVERSIONS, LAB_SETTINGS, PUSH_LOG, PUSH_PORT, ZONE_FILE, publish_zone, start_dns, start_push_proxy,
+    stop_push_proxy,
+)
 from hosts import (  # noqa: E402,F401
-    BY_NAME, CLIENT, DNS, HOSTS, PREFIX, RELAYS, STATE, SWITCH, Host, LabError, boot, host_run, in_host, leader, log,
-    make_network, merged, mount_host, netns_exists, nspawn_lock, pids_of, poweroff, run, wait_booted,
+    BOOTED, BY_NAME, CLIENT, DNS, HOSTS, IP_RELAY, PREFIX, RELAYS, STATE, SWITCH, Host, LabError, boot, contained_run, host_run, in_host,
+    leader, log,
+    make_network, merged, mount_host, netns_exists, nspawn_lock, pids_of, poweroff, remove_cgroups, run,
+    wait_booted, cgroup_dirs,
 )
 from pki import acme_root, make_ca, make_dkim_keys, start_acme_server  # noqa: E402
 
 FAILED_LOGS = Path("/var/log/chatmail-lab")
+# What the lab's DNS publishes for a relay: the admin command's zone, as an operator would.
+ZONE_COMMAND = ["chatmail", "dns"]
 # The units `status` lists (besides systemd's own).
 SHOWN = ("doveauth", "filtermail", "chatmail-", "postfix", "dovecot", "nginx", "opendkim", "unbound", "coturn",
          "acme-")
@@ -58,9 +66,7 @@ SHOWN = ("doveauth", "filtermail", "chatmail-", "postfix", "dovecot", "nginx", "
 @functools.cache
 def relay_config(name: str = "relay1") -> dict:
     """A relay's evaluated configuration (settings, paths, units), as the relay got it."""
-    host = BY_NAME[name]
-    assert host.domain
-    return relaymod.evaluate(host.domain)
+    return relaymod.evaluate(BY_NAME[name])
 
 
 def paths(name: str = "relay1") -> dict:
@@ -107,7 +113,7 @@ def _keep_logs() -> None:
         logs = STATE / h.name / "upper/var/log"
         if logs.is_dir():
             shutil.copytree(logs, FAILED_LOGS / h.name, dirs_exist_ok=True)
-    for r in RELAYS:
+    for r in BOOTED:
         if leader(r) is None:
             continue
         out = host_run(r, ["journalctl", "-b", "--no-pager"], check=False, capture=True).stdout
@@ -123,38 +129,49 @@ def _bring_up(base: Path, dovecot: Path) -> None:
     for h in HOSTS:
         if h.chrooted:
             mount_host(h, base)
-    for relay in RELAYS:
+    for relay in BOOTED:
         dovecot_build.install_into(merged(relay), dovecot)
     log("TLS: a lab CA and one certificate per relay")
     ca = make_ca()
-    dkim = make_dkim_keys(ca)
-    log("dns: unbound, authoritative for .test (A, MX and DKIM records)")
-    start_dns(dkim)
+    make_dkim_keys(ca)
+    log("dns: unbound, authoritative for .test (each relay's records from `chatmail dns`)")
+    start_dns()
     log("client: a stand-in for the push notification proxy")
     start_push_proxy()
     log("dns: pebble, an ACME server")
     start_acme_server(ca)
     root_pem = acme_root(ca)
     configs = {}
-    for relay in RELAYS:
+    for relay in BOOTED:
         log(f"{relay.name}: rendering the NixOS module's configuration and units for {relay.domain}")
         configs[relay.name] = relaymod.configure(relay, ca, root_pem)
-    for relay in RELAYS:
+    # ACME needs the relays' names before they boot: `chatmail dns` in a one-shot container of
+    # each tree (its DKIM key and addresses; no ACME account yet).
+    publish_zone({r.domain: contained_run(r, relaymod.binds(configs[r.name]), ZONE_COMMAND).stdout
+                  for r in RELAYS if r.domain})
+    for relay in BOOTED:
         log(f"{relay.name}: booting systemd")
         boot(relay, relaymod.binds(configs[relay.name]))
-    for relay in RELAYS:
+    for relay in BOOTED:
         state = wait_booted(relay, timeout=75)
         if state != "running":
             failed = host_run(relay, ["systemctl", "--failed", "--no-legend", "--plain"], check=False,
                               capture=True).stdout
             raise LabError(f"{relay.name}: systemd is {state!r}; failed units:\n{failed}")
         log(f"{relay.name}: systemd is running, every unit started")
+    log("dns: each relay's zone again from `chatmail dns`, now with its ACME account in CAA")
+    publish_zone(relay_zones())
+
+
+def relay_zones() -> dict[str, str]:
+    """What `chatmail dns` prints on each booted relay (relay domain -> zone text)."""
+    return {r.domain: host_run(r, ZONE_COMMAND, capture=True).stdout for r in RELAYS if r.domain}
 
 
 def down() -> None:
-    for r in RELAYS:
+    for r in BOOTED:
         poweroff(r)
-    locks = [lock for r in RELAYS if (lock := nspawn_lock(r)) is not None]
+    locks = [lock for r in BOOTED if (lock := nspawn_lock(r)) is not None]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [p for h in HOSTS for p in pids_of(h)]
         for p in pids:
@@ -173,6 +190,8 @@ def down() -> None:
                 run(["umount", "-l", m], check=False)
     for lock in locks:
         lock.unlink(missing_ok=True)
+    for r in BOOTED:
+        remove_cgroups(r)
     for name in [h.netns for h in HOSTS] + [SWITCH]:
         if netns_exists(name):
             run(["ip", "netns", "del", name], check=False)
@@ -188,6 +207,7 @@ def leftovers(locks: list[Path]) -> list[str]:
     found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(str(STATE) + "/")]
     found += [f"lock {lock}" for lock in locks if lock.exists()]
+    found += [f"cgroup {d}" for r in BOOTED for d in cgroup_dirs(r) if d.exists()]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
@@ -230,7 +250,8 @@ def status() -> None:
                 pass
         names = ", ".join(sorted(set(procs))) or "-"
         print(f"{h.name:8} {h.ip:12} {what:13}running: {names}")
-    print("\nrelays: " + ", ".join(f"{r.domain} ({r.ip}: SMTP 25/465/587, IMAP 143/993)" for r in RELAYS))
+    print("\nrelays: " + ", ".join(f"{r.domain} ({r.ip}: SMTP 25/465/587, IMAP 143/993)" for r in RELAYS)
+          + f"; without a domain: {IP_RELAY.ip} (addresses user@[{IP_RELAY.ip}], self-signed)")
     print(f"dns: {DNS.ip}; relay logs: lab exec RELAY -- journalctl -u UNIT")
 
 

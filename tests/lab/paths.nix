@@ -1,17 +1,27 @@
 # Where everything lives on a lab relay (Debian 13's packages), with the same keys as NixOS's
 # nixos/modules/chatmail/config/paths-nixos.nix. ./relay.nix hands it to the pure configuration
 # files, and chatmail.ini's path keys are written from it.
-{ domain }:
+{
+  domain,
+  # "self-signed" for the lab's IP-literal relay (its unit mirrors NixOS's chatmail-tls-selfsigned).
+  tlsMode ? "acme",
+  # false: no OpenDKIM (the IP-literal relay signs nothing, as on NixOS).
+  dkim ? true,
+}:
+let
+  selfSigned = tlsMode == "self-signed";
+in
 {
   chatmailIni = "/etc/chatmail/chatmail.ini";
   postfixMaps = "/etc/chatmail/postfix";
   postfixQueue = "/var/spool/postfix";
-  # TLS comes from ACME (pebble in the lab), at the paths NixOS's security.acme uses.
-  tlsMode = "acme";
-  tlsCert = "/var/lib/acme/${domain}/fullchain.pem";
-  tlsKey = "/var/lib/acme/${domain}/key.pem";
+  # TLS comes from ACME (pebble in the lab), at the paths NixOS's security.acme uses, or is
+  # self-signed at the paths of NixOS's self-signed mode.
+  inherit tlsMode;
+  tlsCert = if selfSigned then "/var/lib/chatmail-tls/cert.pem" else "/var/lib/acme/${domain}/fullchain.pem";
+  tlsKey = if selfSigned then "/var/lib/chatmail-tls/key.pem" else "/var/lib/acme/${domain}/key.pem";
   # The lab's acme-<domain> unit runs lego as NixOS's does.
-  tlsUnit = "acme-${domain}.service";
+  tlsUnit = if selfSigned then "chatmail-tls-selfsigned.service" else "acme-${domain}.service";
   acmeWebroot = "/var/lib/acme/acme-challenge";
   authLua = "/etc/chatmail/auth.lua";
   pushLua = "/etc/chatmail/push.lua";
@@ -21,7 +31,7 @@
   dkimKeyFile = "/etc/chatmail/dkim/opendkim.private";
   dkimKeyTable = "/etc/chatmail/opendkim/KeyTable";
   dkimSigningTable = "/etc/chatmail/opendkim/SigningTable";
-  dkimSocket = "local:/run/opendkim/opendkim.sock";
+  dkimSocket = if dkim then "local:/run/opendkim/opendkim.sock" else null;
   httpsPort = 8443;
   wwwFiles = "/etc/chatmail/www";
   quotaExpire = "/usr/local/bin/chatmail-quota-expire";

@@ -12,6 +12,7 @@ acme-<domain> unit, as on NixOS. Nothing is started by hand: the relay boots.
 from __future__ import annotations
 
 import json
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -32,9 +33,13 @@ MASKED = ["apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", 
           "unbound-resolvconf.service", "postfix-resolvconf.service", "postfix-resolvconf.path"]
 
 
-def evaluate(domain: str) -> dict:
+def evaluate(relay: Host) -> dict:
+    """The relay's configuration from the module's data; the IP-literal relay in NixOS's
+    defaults for such a domain (a self-signed certificate, no DKIM)."""
+    assert relay.domain
+    extra = ["--argstr", "tlsMode", "self-signed", "--arg", "dkim", "false"] if relay.ip_literal else []
     out = run(["nix-instantiate", "--eval", "--strict", "--json", str(HERE / "relay.nix"),
-               "--argstr", "domain", domain, "--argstr", "settingsJSON", json.dumps(LAB_SETTINGS)],
+               "--argstr", "domain", relay.domain, "--argstr", "settingsJSON", json.dumps(LAB_SETTINGS), *extra],
               capture=True).stdout
     return json.loads(out)
 
@@ -84,6 +89,12 @@ def write_units(root: Path, cfg: dict) -> None:
         link.symlink_to("/dev/null")
 
 
+def mask(root: Path, cfg: dict, unit: str) -> None:
+    link = root / cfg["paths"]["unitDir"].lstrip("/") / unit
+    link.unlink(missing_ok=True)
+    link.symlink_to("/dev/null")
+
+
 def drop_in(root: Path, cfg: dict, unit: str, unit_section: dict, service: dict) -> None:
     write(root, f"{cfg['paths']['unitDir']}/{unit}.d/chatmail.conf", units.drop_in(unit_section, service))
 
@@ -124,14 +135,45 @@ def write_acme_unit(root: Path, cfg: dict) -> None:
     link.symlink_to(f"../{paths['tlsUnit']}")
 
 
+def write_selfsigned_unit(root: Path, cfg: dict, key_group: str) -> None:
+    """chatmail-tls-selfsigned: the certificate of NixOS's self-signed mode (nixos/modules/
+    chatmail/tls.nix), made once on first boot, before Postfix, Dovecot and nginx start."""
+    paths, domain = cfg["paths"], cfg["settings"]["mail_domain"]
+    cert, key = paths["tlsCert"], paths["tlsKey"]
+    san = f"IP:{domain}" if cfg["identity"]["ipv4"] else ",".join(f"DNS:{n}" for n in [domain, *cfg["acme"]["extraDomainNames"]])
+    q = shlex.quote
+    script = (f"if [ ! -e {q(cert)} ]; then\n"
+              f"  install -d -m 0750 {q(str(Path(cert).parent))}\n"
+              f"  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 -subj {q('/CN=' + domain)}"
+              f" -addext {q('subjectAltName=' + san)} -addext 'basicConstraints=critical,CA:FALSE'"
+              f" -addext 'extendedKeyUsage=serverAuth,clientAuth' -keyout {q(key + '.tmp')} -out {q(cert + '.tmp')}\n"
+              f"  chgrp {q(key_group)} {q(key + '.tmp')} {q(cert + '.tmp')} {q(str(Path(cert).parent))}\n"
+              f"  mv {q(key + '.tmp')} {q(key)}\n  mv {q(cert + '.tmp')} {q(cert)}\nfi\n")
+    r = units.service(paths["tlsUnit"].removesuffix(".service"), {
+        "description": "self-signed certificate for the chatmail relay",
+        "wantedBy": ["multi-user.target"],
+        "serviceConfig": {"Type": "oneshot", "RemainAfterExit": True, "UMask": "0027", "PrivateNetwork": True,
+                          "PrivateTmp": True, "ProtectHome": True, "NoNewPrivileges": True},
+        "script": script,
+    }, paths["scriptDir"])
+    for fname, text in r.files.items():
+        write(root, f"{paths['unitDir']}/{fname}", text)
+    for path, text in r.scripts.items():
+        write(root, path, text, 0o755)
+    link = root / paths["unitDir"].lstrip("/") / "multi-user.target.wants" / paths["tlsUnit"]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(f"../{paths['tlsUnit']}")
+
+
 def configure(relay: Host, ca: Path, acme_root: str) -> dict:
     """Write the relay's whole configuration into its tree (not yet booted)."""
     assert relay.domain
-    cfg = evaluate(relay.domain)
+    cfg = evaluate(relay)
     root = merged(relay)
     paths = cfg["paths"]
     order = cfg["units"]["ordering"]
-    (root / "etc/hostname").write_text(relay.domain + "\n")
+    (root / "etc/hostname").write_text(relay.hostname + "\n")
     write(root, paths["chatmailIni"], cfg["chatmailIni"])
     write(root, paths["authLua"], cfg["authLua"])
     write(root, paths["pushLua"], cfg["pushLua"])
@@ -139,15 +181,18 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
     for path, text in chatmaild_commands(paths).items():
         write(root, path, text, 0o755)
 
-    # Until ACME has issued the real certificate, a placeholder from the lab CA (NixOS's
-    # acme-<domain> puts a self-signed one there, so the services can start).
-    write(root, paths["tlsKey"], (ca / f"{relay.domain}.key").read_text(), 0o600)
-    write(root, paths["tlsCert"], (ca / f"{relay.domain}.pem").read_text() + (ca / "ca.pem").read_text())
     (root / paths["acmeWebroot"].lstrip("/")).mkdir(parents=True, exist_ok=True)
     write(root, f"{paths['caTrustDir']}/chatmail-lab.crt", (ca / "ca.pem").read_text())
     write(root, f"{paths['caTrustDir']}/chatmail-lab-acme.crt", acme_root)
     chroot_run(relay, ["update-ca-certificates"], capture=True)
-    write_acme_unit(root, cfg)
+    if paths["tlsMode"] == "self-signed":
+        write_selfsigned_unit(root, cfg, "www-data")
+    else:
+        # Until ACME has issued the real certificate, a placeholder from the lab CA (NixOS's
+        # acme-<domain> puts a self-signed one there, so the services can start).
+        write(root, paths["tlsKey"], (ca / f"{relay.domain}.key").read_text(), 0o600)
+        write(root, paths["tlsCert"], (ca / f"{relay.domain}.pem").read_text() + (ca / "ca.pem").read_text())
+        write_acme_unit(root, cfg)
 
     # Postfix: main.cf and master.cf as NixOS writes them, and the start-up order.
     for name, text in cfg["postfix"]["maps"].items():
@@ -175,18 +220,22 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
     if order["nginx"]:
         drop_in(root, cfg, "nginx.service", {"Wants": order["nginx"], "After": order["nginx"]}, {})
 
-    # OpenDKIM signs what the relay sends: its key, its tables, its configuration, and the
-    # restarts NixOS configures.
     dk = cfg["opendkim"]
-    write(root, paths["dkimKeyFile"], (ca / f"{relay.domain}.dkim.key").read_text(), 0o600)
-    write(root, paths["dkimKeyTable"], dk["keyTable"])
-    write(root, paths["dkimSigningTable"], dk["signingTable"])
-    conf = {**dk["settings"], "Socket": paths["dkimSocket"], "UserID": f"{paths['dkimUser']}:{paths['dkimUser']}",
-            "PidFile": paths["opendkimPidFile"]}
-    write(root, paths["opendkimConf"], "".join(f"{k} {v}\n" for k, v in conf.items()))
-    chroot_run(relay, ["chown", f"{paths['dkimUser']}:", paths["dkimKeyFile"]])
-    chroot_run(relay, ["usermod", "-a", "-G", paths["dkimUser"], "postfix"])
-    drop_in(root, cfg, "opendkim.service", {}, cfg["units"]["opendkimService"])
+    if dk is None:
+        # No DKIM (the IP-literal relay): NixOS runs no OpenDKIM, nor does the lab.
+        mask(root, cfg, "opendkim.service")
+    else:
+        # OpenDKIM signs what the relay sends: its key, its tables, its configuration, and the
+        # restarts NixOS configures.
+        write(root, paths["dkimKeyFile"], (ca / f"{relay.domain}.dkim.key").read_text(), 0o600)
+        write(root, paths["dkimKeyTable"], dk["keyTable"])
+        write(root, paths["dkimSigningTable"], dk["signingTable"])
+        conf = {**dk["settings"], "Socket": paths["dkimSocket"],
+                "UserID": f"{paths['dkimUser']}:{paths['dkimUser']}", "PidFile": paths["opendkimPidFile"]}
+        write(root, paths["opendkimConf"], "".join(f"{k} {v}\n" for k, v in conf.items()))
+        chroot_run(relay, ["chown", f"{paths['dkimUser']}:", paths["dkimKeyFile"]])
+        chroot_run(relay, ["usermod", "-a", "-G", paths["dkimUser"], "postfix"])
+        drop_in(root, cfg, "opendkim.service", {}, cfg["units"]["opendkimService"])
 
     # nginx: the port-443 split, /new, /mxdeliv, autoconfig and MTA-STS, as NixOS lays it out.
     for name, text in cfg["nginx"]["files"].items():

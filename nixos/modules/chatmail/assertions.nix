@@ -9,6 +9,7 @@
 let
   cfg = config.services.chatmail;
   inStore = path: path != null && lib.hasPrefix builtins.storeDir path;
+  ipLiteral = cfg.domain != null && (import ./config/identity.nix cfg.domain).ipv4;
 in
 {
   config = lib.mkIf cfg.enable {
@@ -26,6 +27,14 @@ in
           services.chatmail.tls.mode is "external", but services.chatmail.tls.certificateFile
           and services.chatmail.tls.keyFile are not both set: point them at the certificate
           chain and key of services.chatmail.domain, or set services.chatmail.tls.mode = "acme".
+        '';
+      }
+      {
+        assertion = !ipLiteral || cfg.tls.mode == "self-signed";
+        message = ''
+          services.chatmail.domain is an IPv4 address (an IP-literal relay), for which no ACME
+          CA issues a certificate: set services.chatmail.tls.mode = "self-signed" (the default
+          for such a domain); clients are told to accept it.
         '';
       }
       {

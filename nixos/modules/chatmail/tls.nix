@@ -21,7 +21,15 @@ let
   arg = lib.escapeShellArg;
   cert = arg tls.cert;
   key = arg tls.key;
-  subjectAltName = "subjectAltName=" + lib.concatMapStringsSep "," (n: "DNS:${n}") ([ domain ] ++ names);
+  # An IP-literal relay's certificate names its address (./config/identity.nix).
+  subjectAltName =
+    "subjectAltName="
+    + (
+      if (import ./config/identity.nix domain).ipv4 then
+        "IP:${domain}"
+      else
+        lib.concatMapStringsSep "," (n: "DNS:${n}") ([ domain ] ++ names)
+    );
   # Postfix and Dovecot read the key as root; nginx runs as its own user.
   keyGroup = if cfg.nginx.enable then toString config.services.nginx.group else "root";
 in

@@ -115,8 +115,11 @@ in
 
   # Quota: a mailbox is never allowed to bounce mail for being full. At 75 % of
   # max_mailbox_size, chatmail-quota-expire deletes the oldest messages down to 70 %.
+  # mail_compress reads the gzip-compressed messages of a mail directory brought over from
+  # a reference relay (docs/migration.md); new mail is stored as it is (no write method).
   mail_plugins {
     quota = yes
+    mail_compress = yes
   }
   quota_mail_size = ${toString settings.max_message_size}
   quota "User quota" {

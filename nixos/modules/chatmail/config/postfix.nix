@@ -12,6 +12,8 @@
 { settings, paths }:
 let
   domain = settings.mail_domain;
+  # An IP-literal relay (mail_domain an IPv4 address) receives for `[a.b.c.d]`.
+  identity = import ./identity.nix domain;
   map' = name: "regexp:${paths.postfixMaps}/${name}";
   opts = attrs: builtins.concatLists (map (k: [ "-o" "${k}=${toString attrs.${k}}" ]) (builtins.attrNames attrs));
   loopback = port: "127.0.0.1:${toString port}";
@@ -39,9 +41,9 @@ let
 in
 {
   main = {
-    myhostname = domain;
-    myorigin = domain;
-    mydestination = [ domain ];
+    myhostname = identity.hostname;
+    myorigin = identity.literal;
+    mydestination = [ identity.literal ];
     # Recipients are not checked here: Dovecot's LMTP refuses unknown users.
     local_recipient_maps = "";
     local_transport = "lmtp:unix:private/dovecot-lmtp";
