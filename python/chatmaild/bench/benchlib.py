@@ -16,3 +16,12 @@ def percentile(values: list[float], q: float) -> float:
     """The nearest-rank ``q`` quantile (0 < q < 1) of ``values``."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+RESULT_PREFIX = "@result "
+"""Lines starting with this carry one measured figure to run_all.py, which builds the table."""
+
+
+def report(key: str, value: float, note: str = "") -> None:
+    """Print one figure for run_all.py: ``@result <key> <value> [note]``."""
+    print(f"{RESULT_PREFIX}{key} {value:.6g}" + (f" {note}" if note else ""), flush=True)

@@ -260,6 +260,41 @@ def test_passdb_body_without_newline_is_a_bad_request(run_server):
     run_server(scenario)
 
 
+def test_connection_idle_longer_than_the_timeout_is_closed_and_the_server_keeps_serving(
+    run_server, monkeypatch
+):
+    monkeypatch.setattr("chatmaild.doveauth.IDLE_TIMEOUT_SECONDS", 0.2)
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /passdb HTTP/1.1\r\n")  # and then nothing more
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        status, _ = await http(port, "POST", "/passdb", passdb_body())
+        assert status == 200
+
+    run_server(scenario)
+
+
+def test_keep_alive_connection_is_not_cut_while_it_keeps_sending_requests(run_server, monkeypatch):
+    monkeypatch.setattr("chatmaild.doveauth.IDLE_TIMEOUT_SECONDS", 0.3)
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(4):
+            await asyncio.sleep(0.15)  # together longer than the timeout, each shorter
+            body = passdb_body()
+            writer.write(
+                b"POST /passdb HTTP/1.1\r\nX-Chatmail-Token: " + TOKEN.encode()
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            status, _ = await read_response(reader)
+            assert status == 200
+        writer.close()
+
+    run_server(scenario)
+
+
 def test_connection_is_kept_alive_for_several_requests(run_server):
     async def scenario(port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
