@@ -358,7 +358,9 @@ class DoveauthServer:
             pass
         finally:
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            # Cancelled while closing (shutdown, right after the peer left): the same
+            # quiet end as above, not an "exception in callback" in the log.
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def dispatch(self, request: Request) -> tuple[int, bytes]:

@@ -34,16 +34,21 @@ import concurrent.futures
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from . import dkimcheck, mimecheck
+from . import mimecheck
 from .cli import parse_args_and_config, run_daemon
 from .config import Config
 from .logsetup import add_verbose_flag
 from .ratelimit import RateLimiter, format_until
+
+if TYPE_CHECKING:
+    # dkimpy and dnspython are imported by incoming mode only: outgoing mode never
+    # verifies a signature, and they cost its process memory for nothing.
+    from . import dkimcheck
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +196,8 @@ class FilterHandler:
         self.executor = concurrent.futures.ThreadPoolExecutor(MIME_WORKERS, thread_name_prefix="mimecheck")
         self.dkim: dkimcheck.DkimVerifier | None = None
         if mode == "incoming":
+            from . import dkimcheck
+
             if dkim is None and dkimcheck.should_skip_from_environment():
                 log.warning(
                     "DKIM verification DISABLED by %s=1: incoming mail with forged senders "
@@ -278,6 +285,8 @@ class FilterHandler:
         spending DNS lookups and RSA work on it. An IP-literal domain is
         checked against ``client_address`` even when DKIM checks are off.
         """
+        from . import dkimcheck
+
         domain = verdict.from_addr.rpartition("@")[2]
         if domain.startswith("["):
             refusal = dkimcheck.check_ip_literal(domain, client_address)
