@@ -33,6 +33,12 @@ class FakePostfix:
 
     reply: str = "250 OK"
     received: list[Received] = field(default_factory=list)
+    connections: int = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        self.connections += 1  # each connection greets once
+        session.host_name = hostname
+        return responses
 
     async def handle_DATA(self, server, session, envelope) -> str:
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
@@ -217,6 +223,60 @@ def test_reinjection_refusal_is_passed_back_to_the_client(run_filter, mails):
         assert await relay.send(SENDER, [RECIPIENT], data) == (554, "5.7.1 Refused by policy")
 
     run_filter("outgoing", scenario, postfix_reply="554 5.7.1 Refused by policy")
+
+
+def test_consecutive_messages_share_one_reinjection_connection(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        for _ in range(3):
+            assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert len(relay.postfix.received) == 3
+        assert relay.postfix.connections == 1
+
+    run_filter("outgoing", scenario)
+
+
+def test_reinjection_connection_idle_too_long_is_not_reused(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+    now = [1000.0]
+
+    async def scenario(relay: Relay) -> None:
+        relay.handler.reinject_pool.clock = lambda: now[0]
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        now[0] += relay.handler.reinject_pool.MAX_IDLE_SECONDS + 1
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert relay.postfix.connections == 2
+        assert len(relay.postfix.received) == 2
+
+    run_filter("outgoing", scenario)
+
+
+def test_reinjection_connection_is_not_reused_after_a_refusal(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 554
+        relay.postfix.reply = "250 OK"
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert relay.postfix.connections == 2
+        assert len(relay.handler.reinject_pool) == 1
+
+    run_filter("outgoing", scenario, postfix_reply="554 5.7.1 Refused by policy")
+
+
+def test_a_pooled_reinjection_connection_that_was_closed_is_replaced(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        (_, pooled), = relay.handler.reinject_pool._idle
+        pooled.close()  # as if Postfix had gone away meanwhile
+        await asyncio.sleep(0.05)
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert len(relay.postfix.received) == 2
+
+    run_filter("outgoing", scenario)
 
 
 def test_reinjection_connection_failure_defers_with_451(run_filter, mails, caplog):
