@@ -47,7 +47,7 @@ import time
 import warnings
 from pathlib import Path
 
-from benchlib import percentile, report, vm_rss_kib
+from benchlib import cpu_seconds, percentile, report, vm_rss_kib
 
 DOMAIN = "bench.example.org"
 SENDER_DOMAIN = "sender.example"
@@ -355,20 +355,22 @@ def measure_mode(mode: str, args: argparse.Namespace, sink_port: int, counter, d
                 before = counter.value
                 ceiling_wall, _ = generate(sink_port, data, args.count, concurrency, sender)
                 direct = counter.value - before
-                before = counter.value
+                before, cpu_before = counter.value, cpu_seconds(process.pid)
                 wall, latencies = generate(filter_port, data, args.count, concurrency, sender)
                 arrived = counter.value - before
+                cpu_ms = (cpu_seconds(process.pid) - cpu_before) * 1000 / args.count
                 if arrived != args.count or direct != args.count:
                     raise SystemExit(f"the sink counted {arrived} of {args.count} accepted messages")
                 rate, ceiling = args.count / wall, args.count / ceiling_wall
                 print(
                     f"{mode:<9}{concurrency:>3} clients {rate:8.0f} msg/s  p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms"
                     f"  p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms   generator's ceiling {ceiling:6.0f} msg/s"
-                    f"   ({arrived} counted at the sink)",
+                    f"   ({arrived} counted at the sink; filter CPU {cpu_ms:.2f} ms/msg)",
                     flush=True,
                 )
                 report(f"filtermail.{mode}.c{concurrency}", rate, f"generator ceiling {ceiling:.0f}/s")
                 report(f"filtermail.{mode}.c{concurrency}.ceiling", ceiling)
+                report(f"filtermail.{mode}.c{concurrency}.cpu_ms", cpu_ms)
             print(f"filtermail {mode} VmRSS: idle {rss_idle / 1024:.1f} MiB, loaded {vm_rss_kib(process.pid) / 1024:.1f} MiB")
         finally:
             process.terminate()

@@ -25,3 +25,12 @@ RESULT_PREFIX = "@result "
 def report(key: str, value: float, note: str = "") -> None:
     """Print one figure for run_all.py: ``@result <key> <value> [note]``."""
     print(f"{RESULT_PREFIX}{key} {value:.6g}" + (f" {note}" if note else ""), flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time ``pid`` has used so far (all its threads), from /proc/<pid>/stat."""
+    import os
+
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fp:
+        fields = fp.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
