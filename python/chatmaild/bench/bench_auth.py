@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import percentile, report, vm_rss_kib
+from benchlib import cpu_seconds, percentile, report, vm_rss_kib
 
 DOMAIN = "bench.example.org"
 START_TIMEOUT_SECONDS = 30.0
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         "p50/p99 latency and the daemon's resident memory.",
     )
     parser.add_argument("--quick", action="store_true", help="a small run (seconds) to check that it works")
-    parser.add_argument("--accounts", type=int, help="accounts to create (default 500, quick 50)")
-    parser.add_argument("--logins", type=int, help="logins of existing accounts (default 20000, quick 1000)")
+    parser.add_argument("--accounts", type=int, help="accounts to create (default 1000, quick 200)")
+    parser.add_argument("--logins", type=int, help="logins of existing accounts (default 20000, quick 5000)")
     parser.add_argument(
         "--connections",
         type=int,
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep-alive connections for logins of existing accounts (default 1)",
     )
     args = parser.parse_args(argv)
-    accounts = args.accounts or (50 if args.quick else 500)
-    logins = args.logins or (1000 if args.quick else 20000)
+    accounts = args.accounts or (200 if args.quick else 1000)
+    logins = args.logins or (5000 if args.quick else 20000)
     if accounts < 1 or logins < 1 or args.connections < 1 or args.login_connections < 1:
         parser.error("--accounts, --logins and the connection counts must be at least 1")
 
@@ -226,12 +226,18 @@ def main(argv: list[str] | None = None) -> int:
             bodies = [f"{addr}\n{pw}".encode() for addr, pw in creds]
             login_bodies = [bodies[i % accounts] for i in range(logins)]
             print(f"doveauth pid {proc.pid} on 127.0.0.1:{port}")
+            cpu = cpu_seconds(proc.pid)
             wall, lat = run_phase(port, token, bodies, args.connections)
-            print(describe(f"creation, {args.connections} conn", wall, lat), flush=True)
+            cpu = (cpu_seconds(proc.pid) - cpu) * 1000 / len(lat)
+            print(describe(f"creation, {args.connections} conn", wall, lat) + f", doveauth CPU {cpu:.2f} ms each")
+            report("auth.create.cpu_ms", cpu)
             report("auth.create.rate", len(lat) / wall, f"{args.connections} connections")
             report("auth.create.p99_ms", percentile(lat, 0.99) * 1000, f"{args.connections} connections")
+            cpu = cpu_seconds(proc.pid)
             wall, lat = run_phase(port, token, login_bodies, args.login_connections)
-            print(describe(f"login, {args.login_connections} conn", wall, lat), flush=True)
+            cpu = (cpu_seconds(proc.pid) - cpu) * 1000 / len(lat)
+            print(describe(f"login, {args.login_connections} conn", wall, lat) + f", doveauth CPU {cpu:.3f} ms each")
+            report("auth.login.cpu_ms", cpu)
             report(f"auth.login.c{args.login_connections}.rate", len(lat) / wall)
             loaded_rss = vm_rss_kib(proc.pid)
             print(f"doveauth VmRSS: idle {idle_rss / 1024:.1f} MiB, after load {loaded_rss / 1024:.1f} MiB")
