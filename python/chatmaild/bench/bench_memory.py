@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import report, vm_rss_kib
+from benchlib import pss_kib, report, vm_rss_kib
 
 DOMAIN = "bench.example.org"
 START_TIMEOUT_SECONDS = 30.0
@@ -105,15 +105,19 @@ def main(argv: list[str] | None = None) -> int:
                         raise SystemExit(f"{name} did not start serving")
                     time.sleep(0.05)
             time.sleep(SETTLE_SECONDS)
-            total = 0
-            print(f"{'daemon':<22}{'idle VmRSS':>12}")
+            total = total_pss = 0
+            print(f"{'daemon':<22}{'idle VmRSS':>12}{'PSS':>12}")
             for name, proc in procs.items():
-                rss = vm_rss_kib(proc.pid)
+                rss, pss = vm_rss_kib(proc.pid), pss_kib(proc.pid)
                 total += rss
-                print(f"{name:<22}{rss / 1024:>9.1f} MiB")
+                total_pss += pss
+                print(f"{name:<22}{rss / 1024:>8.1f} MiB{pss / 1024:>8.1f} MiB")
                 report(f"memory.{name.replace(' ', '-')}.mib", rss / 1024)
-            print(f"{'together':<22}{total / 1024:>9.1f} MiB")
+            print(f"{'together':<22}{total / 1024:>8.1f} MiB{total_pss / 1024:>8.1f} MiB")
             report("memory.total_mb", total * 1024 / 1e6, f"{len(procs)} processes")
+            # RSS counts the pages of shared libraries (libpython, libcrypto) once per
+            # process; PSS divides them among the sharers, so its sum is what they cost.
+            report("memory.total_pss_mb", total_pss * 1024 / 1e6)
         finally:
             for proc in procs.values():
                 proc.send_signal(signal.SIGTERM)

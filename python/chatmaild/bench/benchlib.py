@@ -12,6 +12,15 @@ def vm_rss_kib(pid: int) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` in KiB: shared pages divided among the processes sharing them."""
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fp:
+        for line in fp:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/smaps_rollup has no Pss line")
+
+
 def percentile(values: list[float], q: float) -> float:
     """The nearest-rank ``q`` quantile (0 < q < 1) of ``values``."""
     ordered = sorted(values)

@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{figure:<40}{measured:>14}{goal_text:>16}  {'yes' if met else 'no'}" + (f"  ({note})" if note else ""))
     for key in sorted(k for k in figures if k.endswith(".cpu_ms")):
         print(f"  daemon CPU per request, {key.removesuffix('.cpu_ms')}: {figures[key][0]:.3f} ms")
+    if "memory.total_pss_mb" in figures:
+        print(f"  idle memory of all daemons as PSS (shared pages divided): {figures['memory.total_pss_mb'][0]:.0f} MB")
     if scale != 1:
         print(f"  expire ran on a SMALLER tree ({tree:.0f} messages, not {FULL_EXPIRE_TREE}); its time goals are scaled")
     if failed:
