@@ -360,6 +360,56 @@ def test_incoming_encrypted_mail_reaches_strict_recipients(run_filter, mails, ma
     run_filter("incoming", scenario)
 
 
+def test_incoming_mail_is_parsed_for_dkim_once_in_the_mime_thread_and_cleartext_not_at_all(
+    run_filter, mails, make_config, dkim_domains, monkeypatch
+):
+    import threading
+
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    encrypted = dkim_domains.sign(mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+    cleartext = dkim_domains.sign(mails.make("plain", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+    threads: list[str] = []
+    real_prepare = DkimVerifier.prepare
+
+    def recording_prepare(self, data):
+        threads.append(threading.current_thread().name)
+        return real_prepare(self, data)
+
+    monkeypatch.setattr(DkimVerifier, "prepare", recording_prepare)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send("alice@remote.example", [strict], encrypted))[0] == 250
+        assert (await relay.send("alice@remote.example", [strict], cleartext))[0] == 523
+
+    run_filter("incoming", scenario)
+    assert len(threads) == 1 and threads[0].startswith("mimecheck")
+
+
+def test_a_message_dkim_cannot_parse_beforehand_is_still_judged_by_the_dkim_check(
+    run_filter, mails, make_config, dkim_domains, monkeypatch
+):
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    data = dkim_domains.sign(mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+    calls: list[int] = []
+    real_prepare = DkimVerifier.prepare
+
+    def failing_first(self, data):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("parse failed")
+        return real_prepare(self, data)
+
+    monkeypatch.setattr(DkimVerifier, "prepare", failing_first)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send("alice@remote.example", [strict], data))[0] == 250
+
+    run_filter("incoming", scenario)
+    assert len(calls) == 2  # the check parsed it again itself
+
+
 def test_handler_bug_defers_mail_with_4xx(run_filter, mails, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("bug")
