@@ -58,6 +58,13 @@
           overrides = [ useNixpkgs ];
           # pytest and pgpy are for the unit tests, which run outside the package build.
           checkGroups = [ ];
+          # doveauth hashes new passwords with libxcrypt's crypt_rn (ctypes). NixOS has no
+          # ldconfig cache for ctypes.util.find_library to read, and nothing guarantees that
+          # libcrypt.so.1 is on the interpreter's search path, so the package names the file.
+          postPatch = ''
+            substituteInPlace src/chatmaild/sha512crypt.py \
+              --replace-fail '"@libcrypt@"' '"${lib.getLib pkgs.libxcrypt}/lib/libcrypt.so.1"'
+          '';
           pythonImportsCheck = [
             "chatmaild.doveauth"
             "chatmaild.filtermail"
@@ -169,8 +176,11 @@
             pkgs.poetry
             pkgs.nixfmt
           ];
+          # The source tree's sha512crypt.py has no libxcrypt path written in (the package's
+          # has): let the loader find libcrypt.so.1, as it does on other distributions.
           shellHook = ''
             export PYTHONPATH="$PWD/python/chatmaild/src''${PYTHONPATH:+:$PYTHONPATH}"
+            export LD_LIBRARY_PATH="${lib.getLib pkgs.libxcrypt}/lib''${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
           '';
         };
       });

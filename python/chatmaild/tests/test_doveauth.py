@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from chatmaild.doveauth import (
+    ALLOWED,
     AccountStore,
     DoveauthServer,
     check_creation_allowed,
@@ -64,7 +65,9 @@ def run_server(config) -> Callable[[Callable[[int], Awaitable[None]]], None]:
 
     def run(scenario: Callable[[int], Awaitable[None]], cfg=None) -> None:
         async def main() -> None:
-            server = await DoveauthServer(AccountStore(cfg or config), TOKEN).start("127.0.0.1", 0)
+            # The host's load is not under test (a busy test machine would refuse creations).
+            store = AccountStore(cfg or config, resource_gate=lambda _: ALLOWED)
+            server = await DoveauthServer(store, TOKEN).start("127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
             async with server:
                 await scenario(port)
@@ -256,6 +259,41 @@ def test_malformed_request_is_refused_and_server_keeps_serving(run_server, raw, 
 def test_passdb_body_without_newline_is_a_bad_request(run_server):
     async def scenario(port: int) -> None:
         assert (await http(port, "POST", "/passdb", ADDR.encode()))[0] == 400
+
+    run_server(scenario)
+
+
+def test_connection_idle_longer_than_the_timeout_is_closed_and_the_server_keeps_serving(
+    run_server, monkeypatch
+):
+    monkeypatch.setattr("chatmaild.doveauth.IDLE_TIMEOUT_SECONDS", 0.2)
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /passdb HTTP/1.1\r\n")  # and then nothing more
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        status, _ = await http(port, "POST", "/passdb", passdb_body())
+        assert status == 200
+
+    run_server(scenario)
+
+
+def test_keep_alive_connection_is_not_cut_while_it_keeps_sending_requests(run_server, monkeypatch):
+    monkeypatch.setattr("chatmaild.doveauth.IDLE_TIMEOUT_SECONDS", 0.3)
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(4):
+            await asyncio.sleep(0.15)  # together longer than the timeout, each shorter
+            body = passdb_body()
+            writer.write(
+                b"POST /passdb HTTP/1.1\r\nX-Chatmail-Token: " + TOKEN.encode()
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            status, _ = await read_response(reader)
+            assert status == 200
+        writer.close()
 
     run_server(scenario)
 

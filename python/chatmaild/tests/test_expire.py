@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -473,6 +473,78 @@ def test_cutoffs_follow_the_config(config: Config) -> None:
     assert cutoffs.large == days_ago(7)
     assert cutoffs.inactive == days_ago(90)
     assert cutoffs.quota_target_bytes == int(500 * MIB * 0.7)
+
+
+def test_dovecot_message_names_give_age_and_size_without_a_stat(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailbox = make_account(config)
+    # The mtimes say "new and tiny"; the names, which Dovecot wrote on delivery, decide.
+    old = touch(mailbox / "cur" / maildir_name(21, 300, 1), age_days=0, size=1)
+    young = touch(mailbox / "new" / maildir_name(19, 300, 2), age_days=0, size=1)
+    large_read = touch(mailbox / "cur" / maildir_name(8, LARGE_MESSAGE_BYTES + 1, 3), age_days=0, size=1)
+    large_unread = touch(mailbox / "new" / maildir_name(8, LARGE_MESSAGE_BYTES + 1, 4), age_days=0, size=1)
+    stat_calls: list[str] = []
+    real_stat = expire._stat
+
+    def counting_stat(entry: os.DirEntry[str]) -> os.stat_result | None:
+        stat_calls.append(entry.name)
+        return real_stat(entry)
+
+    monkeypatch.setattr(expire, "_stat", counting_stat)
+    stats = run(config)
+
+    assert not old.exists() and not large_read.exists()
+    assert young.exists() and large_unread.exists()
+    assert stats.files_removed == 2
+    assert stats.bytes_removed == 300 + LARGE_MESSAGE_BYTES + 1  # the S= sizes
+    assert stat_calls == ["password"]
+
+
+def test_message_names_without_size_fall_back_to_stat(config: Config) -> None:
+    mailbox = make_account(config)
+    # Dovecot names without S= (other delivery agents, old files) and names that are not Dovecot's.
+    no_size_old = touch(mailbox / "cur" / f"{int(days_ago(0))}.M1P1.host:2,S", age_days=21, size=7)
+    no_size_young = touch(mailbox / "cur" / f"{int(days_ago(30))}.M2P1.host:2,S", age_days=1, size=7)
+    foreign_old = touch(mailbox / "new" / "message-from-elsewhere", age_days=21, size=5)
+
+    stats = run(config)
+
+    assert not no_size_old.exists() and not foreign_old.exists()
+    assert no_size_young.exists()
+    assert stats.files_removed == 2
+    assert stats.bytes_removed == 7 + 5
+
+
+def test_a_named_message_that_vanishes_before_its_deletion_is_not_counted(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailbox = make_account(config)
+    vanishing = touch(mailbox / "cur" / maildir_name(30, 100, 1), age_days=30)
+    real_iter = expire.iter_mailbox_files
+
+    def listed_then_vanished(path: str) -> Iterator[expire.FileInfo]:
+        for info in real_iter(path):
+            if info.name == vanishing.name:
+                os.unlink(info.path)  # Dovecot deletes it right after we listed it
+            yield info
+
+    monkeypatch.setattr(expire, "iter_mailbox_files", listed_then_vanished)
+    stats = run(config)
+
+    assert stats.files_removed == 0
+
+
+def test_inactive_account_removal_counts_named_messages_by_their_size(config: Config) -> None:
+    mailbox = make_account(config, login_age_days=100)
+    touch(mailbox / "cur" / maildir_name(5, 1000, 1), age_days=5, size=3)
+    touch(mailbox / "new" / "unnamed", age_days=5, size=4)
+
+    stats = run(config)
+
+    assert not mailbox.exists()
+    assert stats.account_files_removed == 3  # password, two messages
+    assert stats.account_bytes_removed == 10 + 1000 + 4
 
 
 def test_expiry_handles_one_mailbox_at_a_time(config: Config) -> None:

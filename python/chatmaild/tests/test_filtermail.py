@@ -33,6 +33,12 @@ class FakePostfix:
 
     reply: str = "250 OK"
     received: list[Received] = field(default_factory=list)
+    connections: int = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        self.connections += 1  # each connection greets once
+        session.host_name = hostname
+        return responses
 
     async def handle_DATA(self, server, session, envelope) -> str:
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
@@ -219,6 +225,60 @@ def test_reinjection_refusal_is_passed_back_to_the_client(run_filter, mails):
     run_filter("outgoing", scenario, postfix_reply="554 5.7.1 Refused by policy")
 
 
+def test_consecutive_messages_share_one_reinjection_connection(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        for _ in range(3):
+            assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert len(relay.postfix.received) == 3
+        assert relay.postfix.connections == 1
+
+    run_filter("outgoing", scenario)
+
+
+def test_reinjection_connection_idle_too_long_is_not_reused(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+    now = [1000.0]
+
+    async def scenario(relay: Relay) -> None:
+        relay.handler.reinject_pool.clock = lambda: now[0]
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        now[0] += relay.handler.reinject_pool.MAX_IDLE_SECONDS + 1
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert relay.postfix.connections == 2
+        assert len(relay.postfix.received) == 2
+
+    run_filter("outgoing", scenario)
+
+
+def test_reinjection_connection_is_not_reused_after_a_refusal(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 554
+        relay.postfix.reply = "250 OK"
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert relay.postfix.connections == 2
+        assert len(relay.handler.reinject_pool) == 1
+
+    run_filter("outgoing", scenario, postfix_reply="554 5.7.1 Refused by policy")
+
+
+def test_a_pooled_reinjection_connection_that_was_closed_is_replaced(run_filter, mails):
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        (_, pooled), = relay.handler.reinject_pool._idle
+        pooled.close()  # as if Postfix had gone away meanwhile
+        await asyncio.sleep(0.05)
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert len(relay.postfix.received) == 2
+
+    run_filter("outgoing", scenario)
+
+
 def test_reinjection_connection_failure_defers_with_451(run_filter, mails, caplog):
     data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
 
@@ -298,6 +358,56 @@ def test_incoming_encrypted_mail_reaches_strict_recipients(run_filter, mails, ma
         assert relay.postfix.received[0].data == data
 
     run_filter("incoming", scenario)
+
+
+def test_incoming_mail_is_parsed_for_dkim_once_in_the_mime_thread_and_cleartext_not_at_all(
+    run_filter, mails, make_config, dkim_domains, monkeypatch
+):
+    import threading
+
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    encrypted = dkim_domains.sign(mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+    cleartext = dkim_domains.sign(mails.make("plain", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+    threads: list[str] = []
+    real_prepare = DkimVerifier.prepare
+
+    def recording_prepare(self, data):
+        threads.append(threading.current_thread().name)
+        return real_prepare(self, data)
+
+    monkeypatch.setattr(DkimVerifier, "prepare", recording_prepare)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send("alice@remote.example", [strict], encrypted))[0] == 250
+        assert (await relay.send("alice@remote.example", [strict], cleartext))[0] == 523
+
+    run_filter("incoming", scenario)
+    assert len(threads) == 1 and threads[0].startswith("mimecheck")
+
+
+def test_a_message_dkim_cannot_parse_beforehand_is_still_judged_by_the_dkim_check(
+    run_filter, mails, make_config, dkim_domains, monkeypatch
+):
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    data = dkim_domains.sign(mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+    calls: list[int] = []
+    real_prepare = DkimVerifier.prepare
+
+    def failing_first(self, data):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("parse failed")
+        return real_prepare(self, data)
+
+    monkeypatch.setattr(DkimVerifier, "prepare", failing_first)
+
+    async def scenario(relay: Relay) -> None:
+        assert (await relay.send("alice@remote.example", [strict], data))[0] == 250
+
+    run_filter("incoming", scenario)
+    assert len(calls) == 2  # the check parsed it again itself
 
 
 def test_handler_bug_defers_mail_with_4xx(run_filter, mails, monkeypatch):

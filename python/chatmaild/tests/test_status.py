@@ -96,7 +96,8 @@ def relay(make_config: Callable[..., Config], tmp_path: Path) -> Config:
         mailbox = config.mailboxes_dir / addr
         (mailbox / "cur").mkdir(parents=True)
         (mailbox / "password").write_text("{SHA512-CRYPT}$6$x$y")
-        (mailbox / "cur" / "1.msg,S=1").write_bytes(b"x" * size)
+        # Dovecot writes the message's size into its name (S=), and readers trust it.
+        (mailbox / "cur" / f"1.msg,S={size}").write_bytes(b"x" * size)
     return config
 
 

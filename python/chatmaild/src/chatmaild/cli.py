@@ -5,9 +5,7 @@ status (1 when the daemon cannot start, e.g. its port or socket is taken)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import subprocess
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,6 +86,8 @@ def parse_args_and_config(
 
 def run_daemon(name: str, main_coroutine: Coroutine[Any, Any, None]) -> int:
     """Run the daemon until it ends or is interrupted; 1 if it could not start."""
+    import asyncio  # only daemons need it; the periodic jobs import this module too
+
     try:
         asyncio.run(main_coroutine)
     except OSError as exc:
@@ -108,6 +108,8 @@ RUN_TIMEOUT_SECONDS = 30
 
 def run_command(argv: Sequence[str]) -> str:
     """The real :data:`Runner`: the command's stdout, an exception if it fails."""
+    import subprocess
+
     return subprocess.run(
         list(argv), check=True, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
     ).stdout

@@ -36,6 +36,7 @@ the target it is given, so the relay makes room instead of bouncing mail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -44,7 +45,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from .cli import add_config_argument, non_negative_int
 from .config import Config, ConfigError, read_config
@@ -141,15 +142,23 @@ class Reporter:
 
 def _scandir(path: str) -> Iterator[os.DirEntry[str]]:
     """Entries of ``path``, or none if it vanished or cannot be read (logged)."""
+    with _open_dir(path) as entries:
+        yield from entries
+
+
+def _open_dir(path: str) -> contextlib.AbstractContextManager[Iterator[os.DirEntry[str]]]:
+    """``os.scandir(path)``, or an empty listing if it vanished or cannot be read (logged).
+
+    The scandir iterator itself rather than a generator around it, for the
+    walk that every entry of the tree passes through.
+    """
     try:
-        with os.scandir(path) as entries:
-            yield from entries
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        return
+        return os.scandir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     except PermissionError as exc:
         log.warning("cannot read directory, skipped: %s", exc)
+    return contextlib.nullcontext(iter(()))
 
 
 def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
@@ -174,9 +183,11 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-@dataclasses.dataclass(frozen=True)
-class FileInfo:
-    """One regular file found under a mailbox."""
+class FileInfo(NamedTuple):
+    """One regular file found under a mailbox.
+
+    A tuple rather than a dataclass: one is made per file, millions per run.
+    """
 
     path: str
     name: str
@@ -185,7 +196,11 @@ class FileInfo:
     top_level: bool
     """True if the parent is directly in the mailbox (only there does quota trimming look)."""
     mtime: float
+    """Delivery time from a Dovecot message file name, else the file's mtime."""
     size: int
+    """``S=`` size from a Dovecot message file name, else the file's size."""
+    logical_size: int | None = None
+    """The ``S=`` size when the name carries one (what the quota counts), else None."""
 
     @property
     def is_message(self) -> bool:
@@ -196,19 +211,49 @@ def iter_mailbox_files(mailbox: str) -> Iterator[FileInfo]:
     """Yield every regular file under ``mailbox``, depth first, as it is read.
 
     Only the open directory handles along the current path are held, never a
-    list of files. Symbolic links are neither followed nor reported.
+    list of files. Symbolic links are neither followed nor reported. A
+    message whose name is Dovecot's ``<time>.<unique>,S=<size>...`` is not
+    ``stat``-ed: the name gives its delivery time and size, and the type
+    comes from the directory listing, so a message costs no system call.
+    Any other file is ``stat``-ed.
     """
-    yield from _iter_files(mailbox, os.path.basename(mailbox), depth=0)
+    yield from _iter_files(mailbox, os.path.basename(mailbox))
 
 
-def _iter_files(directory: str, name: str, depth: int) -> Iterator[FileInfo]:
-    for entry in _scandir(directory):
-        if _is_dir(entry):
-            yield from _iter_files(entry.path, entry.name, depth + 1)
-        elif _is_file(entry):
-            st = _stat(entry)
-            if st is not None:
-                yield FileInfo(entry.path, entry.name, name, depth == 1, st.st_mtime, st.st_size)
+def _iter_files(mailbox: str, mailbox_name: str) -> Iterator[FileInfo]:
+    # One loop over a stack of directories rather than recursive generators: every
+    # file of a relay passes through here, and each generator level it climbs costs.
+    match = _MAILDIR_NAME.match
+    pending = [(mailbox, mailbox_name, 0)]
+    while pending:
+        directory, name, depth = pending.pop()
+        named = name in MESSAGE_DIRS
+        top_level = depth == 1
+        subdirs = []
+        with _open_dir(directory) as entries:
+            for entry in entries:
+                entry_name = entry.name
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    continue
+                if is_dir:
+                    subdirs.append((entry.path, entry_name, depth + 1))
+                    continue
+                parsed = match(entry_name) if named else None
+                if parsed is not None:
+                    try:
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                    except OSError:
+                        continue
+                    size = int(parsed[2])
+                    yield FileInfo(entry.path, entry_name, name, top_level, int(parsed[1]), size, size)
+                elif _is_file(entry):
+                    st = _stat(entry)
+                    if st is not None:
+                        yield FileInfo(entry.path, entry_name, name, top_level, st.st_mtime, st.st_size)
+        pending.extend(reversed(subdirs))
 
 
 def iter_mailboxes(mailboxes_dir: Path) -> Iterator[os.DirEntry[str]]:
@@ -237,17 +282,23 @@ def remove_tree(path: str, *, remove: bool) -> Removed:
     much went, and so that files vanishing underneath are not errors.
     """
     removed = Removed()
+    named = os.path.basename(path) in MESSAGE_DIRS
     for entry in _scandir(path):
         if _is_dir(entry):
             sub = remove_tree(entry.path, remove=remove)
             removed.files += sub.files
             removed.bytes += sub.bytes
             continue
-        st = _stat(entry)
-        if st is None:
-            continue
+        parsed = _MAILDIR_NAME.match(entry.name) if named and _is_file(entry) else None
+        if parsed is not None:
+            size = int(parsed["size"])
+        else:
+            st = _stat(entry)
+            if st is None:
+                continue
+            size = st.st_size
         if not remove or _unlink(entry.path):
-            removed.add(st.st_size)
+            removed.add(size)
     if remove:
         try:
             os.rmdir(path)
@@ -408,10 +459,8 @@ class Expiry:
                 self.reporter.file(info.path, info.mtime, info.size)
                 if not self.remove and info.top_level:
                     condemned.add(info.path)
-            elif info.top_level and info.parent != "tmp":
-                parsed = parse_maildir_name(info.name)
-                if parsed is not None:
-                    quota_total += parsed[1]
+            elif info.top_level and info.parent != "tmp" and info.logical_size is not None:
+                quota_total += info.logical_size
 
         if quota_total > self.cutoffs.quota_target_bytes:
             trimmed = expire_to_target(
