@@ -66,8 +66,9 @@ def binds(cfg: dict) -> dict[str, str]:
 def write_units(root: Path, cfg: dict) -> None:
     paths = cfg["paths"]
     unit_dir = root / paths["unitDir"].lstrip("/")
-    for name, unit in cfg["units"]["services"].items():
-        r = units.service(name, unit, paths["scriptDir"])
+    rendered = [units.service(name, unit, paths["scriptDir"]) for name, unit in cfg["units"]["services"].items()]
+    rendered += [units.socket_unit(name, unit) for name, unit in cfg["units"]["sockets"].items()]
+    for r in rendered:
         for fname, text in r.files.items():
             write(root, f"{paths['unitDir']}/{fname}", text)
         for path, text in r.scripts.items():
