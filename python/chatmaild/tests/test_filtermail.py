@@ -691,3 +691,61 @@ def test_a_queue_write_error_of_the_reinjection_is_not_worded_like_an_unreachabl
         assert (code, message) == (451, "4.3.0 Error: the relay could not queue the message, try again later")
 
     run_filter("outgoing", scenario, postfix_reply="451 4.3.0 Error: queue file write error")
+
+
+async def stalling_reinjection_listener(received: list[bytes], quits: list[bool]) -> asyncio.Server:
+    """A reinjection listener that queues on DATA but answers QUIT only after a long pause,
+    as a busy Postfix on a loaded host may."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 reinject ESMTP\r\n")
+        in_data = False
+        body = b""
+        while line := await reader.readline():
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    received.append(body)
+                    writer.write(b"250 2.0.0 Ok: queued\r\n")
+                else:
+                    body += line
+            elif line.upper().startswith(b"EHLO"):
+                writer.write(b"250-reinject\r\n250 8BITMIME\r\n")
+            elif line.upper().startswith(b"DATA"):
+                in_data = True
+                writer.write(b"354 go ahead\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                quits.append(True)
+                await asyncio.sleep(30)
+                writer.write(b"221 bye\r\n")
+            else:
+                writer.write(b"250 Ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(session, "127.0.0.1", 0)
+
+
+def test_the_client_is_answered_as_soon_as_postfix_queued_the_message_not_after_quit(make_config, mails):
+    """Between Postfix's "queued" and our 250 nothing may wait: if filtermail dies in that
+    window, the client sees a 4xx, resends, and the message arrives twice."""
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def main() -> float:
+        received: list[bytes] = []
+        quits: list[bool] = []
+        listener = await stalling_reinjection_listener(received, quits)
+        config = make_config(postfix_reinject_port=listener.sockets[0].getsockname()[1])
+        handler = FilterHandler(config, "outgoing")
+        async with listener:
+            started = asyncio.get_running_loop().time()
+            reply = await asyncio.wait_for(handler.process(SENDER, [RECIPIENT], data), 10)
+            elapsed = asyncio.get_running_loop().time() - started
+            assert reply == "250 OK"
+            assert len(received) == 1
+            await asyncio.sleep(0.2)
+            assert quits == [True], "the session is still ended politely, in the background"
+            await handler.close_reinjections()
+        return elapsed
+
+    assert asyncio.run(main()) < 2.0

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 LISTEN_HOST = "127.0.0.1"
 REINJECT_HOST = "127.0.0.1"
 REINJECT_TIMEOUT_SECONDS = 60.0
+QUIT_TIMEOUT_SECONDS = 10.0
+"""How long a reinjection session's QUIT may take; nobody waits for it."""
 MODES = ("outgoing", "incoming")
 NULL_SENDER = "<>"
 
@@ -189,6 +191,7 @@ class FilterHandler:
             ratelimiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
         self.ratelimiter = ratelimiter
         self.executor = concurrent.futures.ThreadPoolExecutor(MIME_WORKERS, thread_name_prefix="mimecheck")
+        self._closing: set[asyncio.Task[None]] = set()
         self.dkim: dkimcheck.DkimVerifier | None = None
         if mode == "incoming":
             if dkim is None and dkimcheck.should_skip_from_environment():
@@ -305,7 +308,13 @@ class FilterHandler:
         return user.exists() and user.is_incoming_cleartext_ok()
 
     async def reinject(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> str:
-        """Hand the unchanged bytes back to Postfix; return the reply for our client."""
+        """Hand the unchanged bytes back to Postfix; return the reply for our client.
+
+        The reply is returned the moment Postfix has queued the message: the
+        QUIT of the reinjection session runs in the background. Anything slow
+        between "queued" and our client's 250 is a window in which a killed
+        filter makes the client resend a message that is already on its way.
+        """
         client = aiosmtplib.SMTP(
             hostname=REINJECT_HOST,
             port=self.reinject_port,
@@ -314,21 +323,45 @@ class FilterHandler:
             timeout=REINJECT_TIMEOUT_SECONDS,
         )
         try:
+            await client.connect()
             # SMTP.sendmail rather than aiosmtplib.send: only it takes the
             # null sender (""), which bounces and incoming mail need.
-            async with client:
-                refused, _ = await client.sendmail(mail_from, rcpt_tos, data)
+            refused, _ = await client.sendmail(mail_from, rcpt_tos, data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
+            self.close_later(client)
             return passed_back(first.code, first.message)
         except aiosmtplib.SMTPResponseException as exc:
+            self.close_later(client)
             return passed_back(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
             log.warning("reinjection to %s:%s failed: %s", REINJECT_HOST, self.reinject_port, exc)
             return "451 4.3.0 Local error: could not pass the message on, try again later"
+        self.close_later(client)
         if refused:
             log.warning("reinjection: %d of %d recipients refused", len(refused), len(rcpt_tos))
         return "250 OK"
+
+    def close_later(self, client: aiosmtplib.SMTP) -> None:
+        """End a reinjection session with QUIT without making anyone wait for it."""
+        task = asyncio.get_running_loop().create_task(self._quit(client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _quit(client: aiosmtplib.SMTP) -> None:
+        try:
+            await asyncio.wait_for(client.quit(), QUIT_TIMEOUT_SECONDS)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            client.close()
+
+    async def close_reinjections(self) -> None:
+        """Wait for the background QUITs (at shutdown and in tests)."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def handle_exception(self, error: Exception) -> str:
         # A bug here must defer mail (the sender retries), never bounce it.
