@@ -657,11 +657,11 @@ def test_a_second_session_is_served_while_a_message_is_being_checked(run_filter,
     started, release = threading.Event(), threading.Event()
     real_check = mimecheck.check_outgoing
 
-    def held_check(mail_from, rcpt_tos, data):
+    def held_check(mail_from, rcpt_tos, data, *passthrough):
         if b"HOLD-THIS-ONE" in data:
             started.set()
             release.wait(5)
-        return real_check(mail_from, rcpt_tos, data)
+        return real_check(mail_from, rcpt_tos, data, *passthrough)
 
     monkeypatch.setattr(mimecheck, "check_outgoing", held_check)
     held = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT, subject="HOLD-THIS-ONE")
@@ -749,3 +749,16 @@ def test_the_client_is_answered_as_soon_as_postfix_queued_the_message_not_after_
         return elapsed
 
     assert asyncio.run(main()) < 2.0
+
+
+def test_outgoing_cleartext_to_a_passthrough_recipient_is_reinjected_and_to_others_refused(run_filter, mails):
+    contact = f"privacy@{DOMAIN}"
+    data = mails.make("plain", SENDER, contact)
+
+    async def scenario(relay: Relay) -> None:
+        assert await relay.send(SENDER, [contact], data) == (250, "OK")
+        code, _ = await relay.send(SENDER, [contact, RECIPIENT], data)
+        assert code == 523
+        assert [r.rcpt_tos for r in relay.postfix.received] == [[contact]]
+
+    run_filter("outgoing", scenario, passthrough_recipients=contact)

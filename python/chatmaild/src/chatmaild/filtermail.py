@@ -269,7 +269,10 @@ class FilterHandler:
     def judge(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> mimecheck.Verdict:
         """Parse and judge one message (blocking CPU work: runs in the executor)."""
         if self.mode == "outgoing":
-            return mimecheck.check_outgoing(mail_from, rcpt_tos, data)
+            c = self.config
+            return mimecheck.check_outgoing(
+                mail_from, rcpt_tos, data, c.passthrough_senders, c.passthrough_recipients
+            )
         return mimecheck.check_incoming(mail_from, rcpt_tos, data, self.accepts_cleartext)
 
     async def check_origin(
