@@ -19,10 +19,21 @@ from conftest import HERE, labmod, relay_file
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^@>]+)@", re.IGNORECASE | re.MULTILINE)
 
 
-def mailbox_counts(relay: str, addr: str, prefix: str) -> Counter:
-    """How often each message of a run (Message-ID <prefix-i@...>) is in the account's maildir."""
-    home = relay_file(relay, f"{labmod.paths(relay)['mailboxesDir']}/{addr}")
+def mailbox_counts(relay: str, addr: str, prefix: str, inside: bool = False) -> Counter:
+    """How often each message of a run (Message-ID <prefix-i@...>) is in the account's maildir.
+
+    Read from this machine's view of the relay's tree, or with ``inside`` as the relay's own
+    processes see it (a file system mounted inside the relay is invisible from here)."""
+    path = f"{labmod.paths(relay)['mailboxesDir']}/{addr}"
     counts: Counter = Counter()
+    if inside:
+        out = labmod.host_run(labmod.BY_NAME[relay], ["sh", "-c", f"cat '{path}'/new/* '{path}'/cur/* 2>/dev/null "
+                                                      "| grep -a -i '^Message-ID:' || true"], capture=True).stdout
+        for mid in MESSAGE_ID.findall(out.encode()):
+            if mid.decode().startswith(prefix + "-"):
+                counts[mid.decode()] += 1
+        return counts
+    home = relay_file(relay, path)
     for sub in ("new", "cur"):
         folder = home / sub
         if not folder.is_dir():

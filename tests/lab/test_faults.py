@@ -5,6 +5,7 @@ is accepted (250) may be lost, and nothing may arrive twice."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -159,25 +160,25 @@ def test_a_full_mailbox_disk_defers_mail_with_4xx_and_delivers_it_once_space_is_
         wait_until(lambda: "4." in labmod.host_run(RELAY1, ["postqueue", "-p"], capture=True).stdout, 120, 1,
                    "mail deferred with a 4xx")
         queued = labmod.host_run(RELAY1, ["postqueue", "-j"], capture=True).stdout.splitlines()
-        reasons = {r["delay_reason"] for line in queued for r in __import__("json").loads(line)["recipients"]}
-        delivered_while_full = len(mailbox_counts("relay1", alice, "full"))
+        reasons = {r["delay_reason"] for line in queued for r in json.loads(line)["recipients"] if "delay_reason" in r}
+        delivered_while_full = len(mailbox_counts("relay1", alice, "full", inside=True))
         print(f"disk full: {delivered_while_full} delivered, {len(queued)} kept in the queue; Postfix's "
               f"reason: {sorted(reasons)[0]}")
-        assert queued and delivered_while_full < 24
+        assert queued and reasons and delivered_while_full < 24
         assert all(" 4." in reason or reason.startswith("4") for reason in reasons), reasons
         labmod.host_run(RELAY1, ["mount", "-o", "remount,size=64m", home])
-        freed = wait_until(lambda: len(mailbox_counts("relay1", alice, "full")) == 24, 120, 1, "all 24 delivered")
+        freed = wait_until(lambda: len(mailbox_counts("relay1", alice, "full", inside=True)) == 24, 120, 1,
+                           "all 24 delivered")
         settle(("relay1",))
-        counts = mailbox_counts("relay1", alice, "full")
+        counts = mailbox_counts("relay1", alice, "full", inside=True)
     finally:
-        labmod.host_run(RELAY1, [*sh, f"umount '{home}' || umount -l '{home}'; rm -rf '{save}'"], check=False)
+        labmod.host_run(RELAY1, [*sh, f"umount -l '{home}'; rm -rf '{save}'"], check=False)
     f = figures("recipient's disk full on relay1, then freed", run, counts)
     print(f"after the space was freed all were delivered within {freed:.0f} s")
     assert (f.delivered, f.lost, f.duplicated) == (24, 0, 0)
 
 
 def test_hostile_port_25_peers_do_not_keep_a_normal_encrypted_delivery_from_being_served(client, account):
-    import json
     import subprocess
     import sys
 
