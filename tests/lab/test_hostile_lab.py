@@ -149,7 +149,9 @@ def test_hostile_mail_and_requests_through_postfix_and_nginx_get_no_crash_no_han
     try:
         cmd = labmod.in_host(labmod.CLIENT, [sys.executable, str(HERE / "hostilelab.py"),
                                              "--cafile", str(labmod.STATE / "ca/ca.pem"), f.name])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800).stdout
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = proc.stdout
     finally:
         Path(f.name).unlink()
     results = json.loads(out)
