@@ -89,3 +89,38 @@ def test_an_unreachable_filter_is_named_in_postfix_temporary_error(client, accou
         assert "mail filter is not reachable" in r["text"], r
     print(f"filter down, port 25: {incoming['code']} {incoming['text']}\n"
           f"filter down, submission: {outgoing['code']} {outgoing['text']}")
+
+
+NEW_FROM_RELAY = """
+import http.client, ssl
+conn = http.client.HTTPSConnection("relay1.test", 443, context=ssl.create_default_context(), timeout=30)
+conn.request("POST", "/new", body=b"")
+print(conn.getresponse().status)
+"""
+
+
+def test_new_is_rate_limited_per_client_with_429_and_other_clients_are_still_served(lab):
+    """nginx limits /new per client address, which the port-443 multiplexer passes on in a
+    PROXY header (without it every HTTPS client would be 127.0.0.1, one shared limit)."""
+    import json
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from conftest import HERE
+
+    cases = [{"kind": "https", "host": "relay1.test", "method": "POST", "path": "/new", "body": ""}] * 12
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cases, f)
+    try:
+        cmd = labmod.in_host(labmod.CLIENT, [sys.executable, str(HERE / "hostilelab.py"),
+                                             "--cafile", str(labmod.STATE / "ca/ca.pem"), f.name])
+        statuses = [r["code"] for r in json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                                                 timeout=300).stdout)]
+    finally:
+        Path(f.name).unlink()
+    assert statuses[0] == 200 and 429 in statuses, statuses
+    # Another client (relay1 itself, from its own address) is not held back by the first one's limit.
+    other = labmod.host_run(RELAY1, ["python3", "-c", NEW_FROM_RELAY], capture=True).stdout.strip()
+    assert other == "200", other
+    print(f"12 POST /new at once from the client: {statuses}; meanwhile another client: {other}")
