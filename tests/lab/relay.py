@@ -172,7 +172,8 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
         "serviceConfig": {"Type": "oneshot", "RemainAfterExit": True, "ExecStart": ["postfix", "check"]},
     }, paths["scriptDir"])
     write(root, f"{paths['unitDir']}/postfix-setup.service", setup.files["postfix-setup.service"])
-    drop_in(root, cfg, "dovecot.service", {"Wants": order["dovecot"], "After": order["dovecot"]}, {})
+    drop_in(root, cfg, "dovecot.service", {"Wants": order["dovecot"], "After": order["dovecot"]},
+            cfg["units"]["dovecotService"])
     if order["nginx"]:
         drop_in(root, cfg, "nginx.service", {"Wants": order["nginx"], "After": order["nginx"]}, {})
 

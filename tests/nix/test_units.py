@@ -97,3 +97,9 @@ def test_the_metadata_socket_belongs_to_systemd_so_it_stays_open_while_the_daemo
     assert "chatmail-metadata.socket" in data["ordering"]["dovecot"]
     text = unitfiles.socket_unit("chatmail-metadata", sock).files["chatmail-metadata.socket"]
     assert "ListenStream=/run/chatmail-metadata/metadata.socket\n" in text and "Backlog=1024\n" in text
+
+
+def test_a_dovecot_restart_stops_only_its_master_so_deliveries_in_progress_finish():
+    assert evaluate()["dovecotService"] == {"KillMode": "process"}
+    conf = (CONFIG / "dovecot.nix").read_text()
+    assert "\n  shutdown_clients = no\n" in conf

@@ -22,6 +22,7 @@
 #   sockets   unit name -> { description; wantedBy; listenStreams; socketConfig } (NixOS:
 #             systemd.sockets; the lab writes them as .socket files)
 #   tmpfiles  tmpfiles.d lines
+#   dovecotService, opendkimService  serviceConfig for those units (NixOS's and Debian's)
 #   ordering  service name (postfix, dovecot, nginx) -> units it wants and starts after
 {
   settings,
@@ -400,6 +401,13 @@ in
     # With ACME, nginx must come first (it answers the HTTP-01 challenge); nixpkgs' ACME
     # module orders the certificate unit after it.
     nginx = if paths.tlsMode or null == "acme" then [ ] else tlsUnits;
+  };
+
+  # Dovecot's unit stops only its master process: deliveries and IMAP sessions in progress
+  # finish (shutdown_clients = no in config/dovecot.nix) instead of being cut off after the
+  # message was saved but before LMTP's 250, which made Postfix deliver it a second time.
+  dovecotService = {
+    KillMode = "process";
   };
 
   # OpenDKIM leaks memory over time: it comes back after a crash, and a daily restart keeps
