@@ -21,6 +21,8 @@ reported, not raised.
   mailcheck.py mxdeliv --host RELAY --from ADDR --to RCPT [--dkim-key KEY] [--cleartext] [--chunked]
   mailcheck.py turn HOST USERNAME PASSWORD [--port 3478]   (a TURN Allocate, as a calling client)
   mailcheck.py wait ADDR PASSWORD --token TOKEN [--timeout 20]
+  mailcheck.py burst --to RCPT --account ADDR:PASSWORD... --count N --prefix P [--deadline S]
+                                                   (N messages, each resent after a 4xx until 250)
 """
 
 from __future__ import annotations
@@ -421,6 +423,72 @@ def cmd_wait(a) -> dict:
     return {"ok": False, "error": f"no message with {a.token} within {a.timeout} s"}
 
 
+def cmd_burst(a) -> dict:
+    """Submit --count distinct messages (Message-ID <PREFIX-i@...>), round robin over the
+    --account logins (so that no sender hits the rate limit). A message refused with a 4xx,
+    or whose session broke before its 250, is sent again on a new connection until it gets
+    a 250 or a 5xx or the --deadline passes: what a mail client does. Reports, per message,
+    whether a 250 came, and how many temporary failures were seen in all.
+    --progress FILE gets the number of messages done so far, for tests that act mid-run."""
+    accounts = [tuple(acc.split(":", 1)) for acc in a.account]
+    base_token = secrets.token_hex(6)
+    templates = {addr: encrypted_message(addr, a.to, base_token, pad=a.pad) for addr, _ in accounts}
+    conns: dict[str, smtplib.SMTP] = {}
+    deadline = time.monotonic() + a.deadline
+    accepted, refused, temporary, codes = [], {}, 0, {}
+
+    def connection(addr: str, password: str) -> smtplib.SMTP:
+        if addr not in conns:
+            conn = smtplib.SMTP_SSL(server(addr), 465, context=tls_context(a.cafile), timeout=60)
+            conn.login(addr, password)
+            conns[addr] = conn
+        return conns[addr]
+
+    def drop(addr: str) -> None:
+        conn = conns.pop(addr, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    for i in range(a.count):
+        addr, password = accounts[i % len(accounts)]
+        body = templates[addr].replace(f"<{base_token}@".encode(), f"<{a.prefix}-{i}@".encode())
+        while True:
+            try:
+                conn = connection(addr, password)
+                conn.sendmail(addr, [a.to], body)
+                accepted.append(i)
+                break
+            except smtplib.SMTPResponseException as e:
+                codes[str(e.smtp_code)] = codes.get(str(e.smtp_code), 0) + 1
+                if not 400 <= e.smtp_code < 500:
+                    refused[i] = e.smtp_code
+                    drop(addr)
+                    break
+                temporary += 1
+            except (smtplib.SMTPException, OSError) as e:
+                codes[type(e).__name__] = codes.get(type(e).__name__, 0) + 1
+                temporary += 1
+            drop(addr)
+            if time.monotonic() > deadline:
+                refused[i] = 0
+                break
+            time.sleep(0.5)
+        if a.progress:
+            with open(a.progress, "w") as f:
+                f.write(str(i + 1))
+    for addr in list(conns):
+        try:
+            conns[addr].quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+        drop(addr)
+    return {"ok": len(accepted) == a.count, "prefix": a.prefix, "sent": a.count, "accepted": accepted,
+            "refused": refused, "temporary": temporary, "codes": codes}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cafile", help="CA that signs the relays (default: the system's trust store)")
@@ -494,12 +562,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("password")
     s.add_argument("--token", required=True)
     s.add_argument("--timeout", type=float, default=20)
+    s = sub.add_parser("burst", help="submit many messages, resending each after a 4xx until 250")
+    s.add_argument("--to", required=True)
+    s.add_argument("--account", action="append", required=True, help="ADDR:PASSWORD, repeatable")
+    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--prefix", required=True, help="Message-IDs are <PREFIX-i@domain>")
+    s.add_argument("--pad", type=int, default=0)
+    s.add_argument("--deadline", type=float, default=300, help="seconds before giving up on resends")
+    s.add_argument("--progress", help="file to write the number of messages done to")
     a = p.parse_args(argv)
     global CONNECT, INSECURE
     CONNECT, INSECURE = a.connect, a.insecure
     commands = {"login": cmd_login, "send": cmd_send, "deliver": cmd_deliver, "metadata": cmd_metadata,
                 "http": cmd_http, "alpn": cmd_alpn, "mxdeliv": cmd_mxdeliv, "turn": cmd_turn,
-                "inbox": cmd_inbox, "tls": cmd_tls, "wait": cmd_wait}
+                "inbox": cmd_inbox, "tls": cmd_tls, "wait": cmd_wait, "burst": cmd_burst}
     result = commands[a.cmd](a)
     print(json.dumps(result))
     # The VM tests poll these with wait_until_succeeds.

@@ -71,8 +71,9 @@ def binds(cfg: dict) -> dict[str, str]:
 def write_units(root: Path, cfg: dict) -> None:
     paths = cfg["paths"]
     unit_dir = root / paths["unitDir"].lstrip("/")
-    for name, unit in cfg["units"]["services"].items():
-        r = units.service(name, unit, paths["scriptDir"])
+    rendered = [units.service(name, unit, paths["scriptDir"]) for name, unit in cfg["units"]["services"].items()]
+    rendered += [units.socket_unit(name, unit) for name, unit in cfg["units"]["sockets"].items()]
+    for r in rendered:
         for fname, text in r.files.items():
             write(root, f"{paths['unitDir']}/{fname}", text)
         for path, text in r.scripts.items():
@@ -216,7 +217,8 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
         "serviceConfig": {"Type": "oneshot", "RemainAfterExit": True, "ExecStart": ["postfix", "check"]},
     }, paths["scriptDir"])
     write(root, f"{paths['unitDir']}/postfix-setup.service", setup.files["postfix-setup.service"])
-    drop_in(root, cfg, "dovecot.service", {"Wants": order["dovecot"], "After": order["dovecot"]}, {})
+    drop_in(root, cfg, "dovecot.service", {"Wants": order["dovecot"], "After": order["dovecot"]},
+            cfg["units"]["dovecotService"])
     if order["nginx"]:
         drop_in(root, cfg, "nginx.service", {"Wants": order["nginx"], "After": order["nginx"]}, {})
 

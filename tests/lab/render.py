@@ -190,7 +190,8 @@ def nginx_location(name: str, loc: dict) -> str:
 
 def nginx_listen(listen: list[dict], ssl: bool, port: int) -> str:
     """The listen lines services.nginx.defaultListen gives a vhost on one side (TLS or not)."""
-    lines = [f"listen {entry['addr']}:{port}{' ssl' if ssl else ''};" for entry in listen if entry["ssl"] == ssl]
+    lines = [f"listen {entry['addr']}:{port}{' ssl' if ssl else ''}"
+             f"{' proxy_protocol' if entry.get('proxyProtocol') else ''};" for entry in listen if entry["ssl"] == ssl]
     return _indent(lines, 4)
 
 
@@ -212,6 +213,7 @@ http {{
   access_log off;
   server_tokens off;
 {_indent(HTTP_DEFAULTS + RECOMMENDED_PROXY_HTTP, 2)}
+{_indent([nginx["httpConfig"]], 2)}
   server {{
 {nginx_listen(nginx["defaultListen"], False, 80)}
     server_name {names};

@@ -11,6 +11,8 @@ lab's relays and for the sandbox scoring in tests/nix. The rules are NixOS's:
   environment expansion);
 - ``after``/``before``/``wants``/``requires`` go to [Unit], ``wantedBy``/``requiredBy``
   become the ``.wants``/``.requires`` links of the target (returned as ``links``);
+- a socket's ``listenStreams`` become ``ListenStream=`` lines before its ``socketConfig``
+  (``systemd.sockets.<name>``);
 - ``script`` becomes an executable file run by ExecStart (NixOS: a store file run by bash
   with ``set -e``; here ``/bin/sh -e``, the snippets being POSIX shell).
 """
@@ -93,3 +95,14 @@ def drop_in(unit_section: dict[str, list[str]], service_section: dict[str, Any])
     if service_section:
         lines += section("Service", service_section)
     return "\n".join(lines) + "\n"
+
+
+def socket_unit(name: str, unit: dict) -> Rendered:
+    """A .socket file from one entry of units.nix `sockets`, as NixOS's systemd.sockets writes it."""
+    out = Rendered()
+    sock = {**unit.get("socketConfig", {}), "ListenStream": list(unit.get("listenStreams", []))}
+    lines = section("Unit", {"Description": unit["description"]}) + [""] + section("Socket", sock)
+    out.files[f"{name}.socket"] = "\n".join(lines) + "\n"
+    for target in unit.get("wantedBy", []):
+        out.links.append((target, f"{name}.socket", "wants"))
+    return out

@@ -80,8 +80,8 @@ def test_the_https_site_listens_on_loopback_only_behind_the_multiplexer():
     tls_side = [entry["addr"] for entry in relay["nginx"]["defaultListen"] if entry["ssl"]]
     assert tls_side == ["127.0.0.1"]
     port = relay["paths"]["httpsPort"]
-    tls_listens = [a for a in listens(nginx_conf(relay)) if a.endswith(" ssl")]
-    assert tls_listens == [f"127.0.0.1:{port} ssl"]
+    tls_listens = [a for a in listens(nginx_conf(relay)) if " ssl" in a]
+    assert tls_listens == [f"127.0.0.1:{port} ssl proxy_protocol"]
     assert f"default 127.0.0.1:{port};" in relay["nginx"]["streamConfig"]
 
 
@@ -125,3 +125,25 @@ def test_gixy_finds_nothing_in_the_rendered_nginx_conf(variant, tmp_path):
     result = subprocess.run([gixy(), str(conf)], capture_output=True, text=True)
     assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
     assert ">> Problem" not in result.stdout, f"{name}:\n{result.stdout}"
+
+
+def test_the_site_sees_each_client_behind_the_multiplexer_and_limits_new_per_client():
+    """Behind the port-443 multiplexer every HTTPS client would be 127.0.0.1: one shared
+    rate limit for everybody. The multiplexer sends a PROXY header; the site takes the
+    client's address from it (only from loopback), and IMAP and SMTP get it taken off."""
+    relay = evaluate()
+    conf = nginx_conf(relay)
+    stream = conf[conf.index("stream {"):conf.index("http {")]
+    mux = stream[stream.index("listen 443;"):]
+    assert "proxy_protocol on;" in mux[:mux.index("}")]
+    ports = relay["nginx"]["alpnPorts"]
+    for port, upstream in ((ports["smtp"], 465), (ports["imap"], 993)):
+        assert re.search(rf"listen 127\.0\.0\.1:{port} proxy_protocol;\s*proxy_pass 127\.0\.0\.1:{upstream};", stream)
+    http = conf[conf.index("http {"):]
+    assert "set_real_ip_from 127.0.0.1;" in http and "real_ip_header proxy_protocol;" in http
+    assert "limit_req_zone $binary_remote_addr zone=chatmail_new:10m rate=2r/s;" in http
+    for path in ("/new", "/cgi-bin/newemail.py"):
+        block = http[http.index(f"location = {path} {{"):]
+        block = block[:block.index("proxy_set_header Host")]
+        assert "limit_req zone=chatmail_new burst=5 nodelay;" in block and "limit_req_status 429;" in block
+        assert "proxy_set_header X-Real-IP $remote_addr;" in http[http.index(f"location = {path} {{"):]

@@ -82,3 +82,24 @@ def test_the_mailboxes_parent_is_made_for_the_mail_user_before_the_mailboxes():
 
 def test_opendkim_restarts_daily_and_after_a_crash():
     assert evaluate()["opendkimService"] == {"Restart": "always", "RestartSec": "5s", "RuntimeMaxSec": "1d"}
+
+
+def test_the_metadata_socket_belongs_to_systemd_so_it_stays_open_while_the_daemon_restarts():
+    data = evaluate()
+    sock = data["sockets"]["chatmail-metadata"]
+    assert sock["listenStreams"] == ["/run/chatmail-metadata/metadata.socket"]
+    assert sock["socketConfig"]["SocketUser"] == "vmail" and sock["socketConfig"]["SocketMode"] == "0660"
+    assert sock["wantedBy"] == ["sockets.target"]
+    service = data["services"]["chatmail-metadata"]
+    assert service["requires"] == ["chatmail-metadata.socket"] and "chatmail-metadata.socket" in service["after"]
+    # A RuntimeDirectory would be removed, socket and all, each time the daemon stops.
+    assert "RuntimeDirectory" not in service["serviceConfig"]
+    assert "chatmail-metadata.socket" in data["ordering"]["dovecot"]
+    text = unitfiles.socket_unit("chatmail-metadata", sock).files["chatmail-metadata.socket"]
+    assert "ListenStream=/run/chatmail-metadata/metadata.socket\n" in text and "Backlog=1024\n" in text
+
+
+def test_a_dovecot_restart_stops_only_its_master_so_deliveries_in_progress_finish():
+    assert evaluate()["dovecotService"] == {"KillMode": "process"}
+    conf = (CONFIG / "dovecot.nix").read_text()
+    assert "\n  shutdown_clients = no\n" in conf

@@ -5,6 +5,7 @@
 #   filtermail           outgoing filter: only OpenPGP-encrypted mail may leave
 #   filtermail-incoming  incoming filter (port 25 and /mxdeliv)
 #   chatmail-metadata    IMAP METADATA dict for Dovecot; device tokens and push notifications
+#                        (socket-activated: its socket stays open across restarts)
 #   chatmail-lastlogin   records the day of each IMAP login (Dovecot dict)
 #   chatmail-newemail    /new: suggests an address and password to new users
 #   chatmail-expire      daily: removes old mail and unused accounts
@@ -43,6 +44,7 @@ let
       "after"
       "before"
       "wants"
+      "requires"
       "requiredBy"
       "wantedBy"
       "script"
@@ -62,6 +64,8 @@ in
 
     systemd.services = lib.mapAttrs service units.services;
     systemd.timers = lib.mapAttrs timer (lib.filterAttrs (_: isTimed) units.services);
+    # chatmail-metadata's socket stays open while the daemon restarts.
+    systemd.sockets = units.sockets;
     systemd.tmpfiles.rules = units.tmpfiles;
   };
 }

@@ -9,7 +9,7 @@
 }:
 let
   common = import ./common.nix { inherit config lib pkgs; };
-  inherit (common) cfg dovecotConf dovecotVersions;
+  inherit (common) cfg dovecotConf dovecotVersions units;
   # nixpkgs builds Dovecot without Lua; our passdb/userdb is a Lua script.
   dovecotWithLua = (pkgs.dovecot).override { withLua = true; };
   # Dovecot waits 500 ms after a new file appears in a maildir before it tells IDLE clients
@@ -40,6 +40,9 @@ in
         inherit (dovecotVersions) dovecot_config_version dovecot_storage_version;
       };
     };
+
+    # A restart lets deliveries in progress finish (no duplicates): see units.nix.
+    systemd.services.dovecot.serviceConfig = units.dovecotService;
 
     # Ordering: ordering.nix.
   };

@@ -25,6 +25,8 @@ in
       enable = true;
       # The relay needs these: the multiplexer on 443 and where it forwards to.
       streamConfig = nginx.streamConfig;
+      # The client's address behind the multiplexer, and the /new rate zone.
+      appendHttpConfig = nginx.httpConfig;
     }
     # Starter values: HTTPS vhosts behind the multiplexer, and nixpkgs' recommended TLS and
     # proxy settings (HTTP/1.1 to the upstreams, so /mxdeliv may stream a chunked body).

@@ -127,11 +127,11 @@ def test_an_external_certificate_key_beside_an_explicit_mode_is_warned_about(mak
 
 def test_unknown_keys_are_named_in_one_warning(make_config, caplog):
     with caplog.at_level(logging.WARNING, logger="chatmaild.config"):
-        config = make_config(passthrough_senders="a@b", colour="blue")
-    assert config.unused_keys == ("passthrough_senders", "colour")
+        config = make_config(shape="round", colour="blue")
+    assert config.unused_keys == ("shape", "colour")
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1
-    assert "passthrough_senders" in warnings[0] and "colour" in warnings[0]
+    assert "shape" in warnings[0] and "colour" in warnings[0]
 
 
 def test_missing_file_is_an_error_naming_it(tmp_path):
@@ -198,3 +198,19 @@ def test_get_user_maps_address_to_its_maildir(config):
     assert user.maildir == config.mailboxes_dir / "someone@chat.example.org"
     assert user.password_path == user.maildir / "password"
     assert user.enforce_E2EE_path == user.maildir / "enforceE2EEincoming"
+
+
+def test_passthrough_lists_are_read_as_lower_case_addresses_and_domains(make_config):
+    config = make_config(passthrough_senders="Privacy@Chat.Example.org  bot@x.org",
+                         passthrough_recipients="echo@x.org @Example.NET")
+    assert config.passthrough_senders == ("privacy@chat.example.org", "bot@x.org")
+    assert config.passthrough_recipients == ("echo@x.org", "@example.net")
+    assert make_config().passthrough_senders == () and make_config().passthrough_recipients == ()
+
+
+@pytest.mark.parametrize(("key", "raw"), [("passthrough_senders", "@example.net"),
+                                          ("passthrough_recipients", "no-at-sign"),
+                                          ("passthrough_recipients", "a@b@c")])
+def test_a_malformed_passthrough_entry_is_an_error_naming_the_key(make_config, key, raw):
+    with pytest.raises(ConfigError, match=key):
+        make_config(**{key: raw})

@@ -215,3 +215,104 @@ def test_the_socket_queues_many_simultaneous_connects(socket_path):
 
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
     assert asyncio.run(main()) == min(wanted, somaxconn + 1)
+
+
+# A dict service in a child process, as systemd starts it: the listening socket is fd 3.
+SOCKET_ACTIVATED_CHILD = """
+import asyncio, sys
+from chatmaild.dictproxy import DictProxy
+
+class Echo(DictProxy):
+    async def handle_lookup(self, key, user):
+        return "value-of-" + key
+
+asyncio.run(Echo().serve_forever(sys.argv[1]))
+"""
+
+
+def spawn_socket_activated(listener: socket.socket, path: Path) -> "subprocess.Popen[bytes]":
+    """Start the child the way systemd does: fd 3 is the socket, LISTEN_PID its own pid."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    # What systemd does between fork and exec: the socket onto fd 3, LISTEN_PID = own pid.
+    launcher = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.close(int(sys.argv[1])); "
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+        "os.execv(sys.executable, [sys.executable, '-c', sys.argv[2], sys.argv[3]])"
+    )
+    env = {**os.environ, "PYTHONPATH": src, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", launcher, str(listener.fileno()), SOCKET_ACTIVATED_CHILD, str(path)],
+        pass_fds=(listener.fileno(),),
+        env=env,
+    )
+
+
+def test_a_socket_passed_by_systemd_keeps_connections_waiting_while_the_service_restarts(socket_path):
+    """chatmail-metadata is socket-activated: a delivery's request made while the daemon is
+    down (killed, restarting) is answered by the next process instead of being refused."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(16)
+    inode = socket_path.stat().st_ino
+
+    def lookup(sock: socket.socket, key: str) -> bytes:
+        sock.sendall(f"L{key}\tuser\n".encode())
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(100)
+            assert chunk, "closed without an answer"
+            answer += chunk
+        return answer
+
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(20)
+        sock.connect(str(socket_path))
+        return sock
+
+    first = spawn_socket_activated(listener, socket_path)
+    try:
+        with connect() as sock:
+            assert lookup(sock, "a") == b"Ovalue-of-a\n"
+    finally:
+        first.kill()
+        first.wait()
+    # Nobody serves the socket now; the connection still succeeds and waits in the backlog.
+    waiting = connect()
+    waiting.sendall(b"Lb\tuser\n")
+    second = spawn_socket_activated(listener, socket_path)
+    try:
+        with waiting:
+            answer = b""
+            while not answer.endswith(b"\n"):
+                answer += waiting.recv(100)
+        assert answer == b"Ovalue-of-b\n"
+        assert socket_path.stat().st_ino == inode, "the daemon serves systemd's socket, it does not bind anew"
+    finally:
+        second.kill()
+        second.wait()
+        listener.close()
+
+
+def test_listen_variables_meant_for_another_process_are_ignored(socket_path):
+    from chatmaild.dictproxy import inherited_socket
+
+    assert inherited_socket(socket_path, {}) is None
+    assert inherited_socket(socket_path, {"LISTEN_PID": "1", "LISTEN_FDS": "1"}) is None
+    assert inherited_socket(socket_path, {"LISTEN_PID": "²", "LISTEN_FDS": "1"}) is None
+
+
+def test_without_a_passed_socket_the_service_binds_its_own(socket_path, monkeypatch):
+    monkeypatch.delenv("LISTEN_PID", raising=False)
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+
+    async def body() -> bytes:
+        server = await MemoryDict().start(socket_path)
+        async with server:
+            return await exchange(socket_path, b"Lmissing\n")
+
+    assert asyncio.run(body()) == b"N\n"

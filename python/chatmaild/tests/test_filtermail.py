@@ -107,7 +107,12 @@ def run_filter(make_config, dkim_domains) -> Callable[..., None]:
             filter_server = await loop.create_server(make_smtp_factory(handler), "127.0.0.1", 0)
             relay = Relay(filter_server.sockets[0].getsockname()[1], postfix, handler)
             async with postfix_server, filter_server:
-                await scenario(relay)
+                try:
+                    await scenario(relay)
+                finally:
+                    # Pooled reinjection connections would keep the fake Postfix's
+                    # wait_closed() waiting (Python >= 3.12 waits for its clients).
+                    await handler.close_reinjections()
 
         asyncio.run(main())
 
@@ -767,11 +772,11 @@ def test_a_second_session_is_served_while_a_message_is_being_checked(run_filter,
     started, release = threading.Event(), threading.Event()
     real_check = mimecheck.check_outgoing
 
-    def held_check(mail_from, rcpt_tos, data):
+    def held_check(mail_from, rcpt_tos, data, *passthrough):
         if b"HOLD-THIS-ONE" in data:
             started.set()
             release.wait(5)
-        return real_check(mail_from, rcpt_tos, data)
+        return real_check(mail_from, rcpt_tos, data, *passthrough)
 
     monkeypatch.setattr(mimecheck, "check_outgoing", held_check)
     held = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT, subject="HOLD-THIS-ONE")
@@ -801,3 +806,75 @@ def test_a_queue_write_error_of_the_reinjection_is_not_worded_like_an_unreachabl
         assert (code, message) == (451, "4.3.0 Error: the relay could not queue the message, try again later")
 
     run_filter("outgoing", scenario, postfix_reply="451 4.3.0 Error: queue file write error")
+
+
+async def stalling_reinjection_listener(received: list[bytes], quits: list[bool]) -> asyncio.Server:
+    """A reinjection listener that queues on DATA but answers QUIT only after a long pause,
+    as a busy Postfix on a loaded host may."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 reinject ESMTP\r\n")
+        in_data = False
+        body = b""
+        while line := await reader.readline():
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    received.append(body)
+                    writer.write(b"250 2.0.0 Ok: queued\r\n")
+                else:
+                    body += line
+            elif line.upper().startswith(b"EHLO"):
+                writer.write(b"250-reinject\r\n250 8BITMIME\r\n")
+            elif line.upper().startswith(b"DATA"):
+                in_data = True
+                writer.write(b"354 go ahead\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                quits.append(True)
+                await asyncio.sleep(30)
+                writer.write(b"221 bye\r\n")
+            else:
+                writer.write(b"250 Ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(session, "127.0.0.1", 0)
+
+
+def test_the_client_is_answered_as_soon_as_postfix_queued_the_message_not_after_quit(make_config, mails):
+    """Between Postfix's "queued" and our 250 nothing may wait: if filtermail dies in that
+    window, the client sees a 4xx, resends, and the message arrives twice."""
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def main() -> float:
+        received: list[bytes] = []
+        quits: list[bool] = []
+        listener = await stalling_reinjection_listener(received, quits)
+        config = make_config(postfix_reinject_port=listener.sockets[0].getsockname()[1])
+        handler = FilterHandler(config, "outgoing")
+        async with listener:
+            started = asyncio.get_running_loop().time()
+            reply = await asyncio.wait_for(handler.process(SENDER, [RECIPIENT], data), 10)
+            elapsed = asyncio.get_running_loop().time() - started
+            assert reply == "250 OK"
+            assert len(received) == 1
+            # The session waits in the pool for the next message: no QUIT, nothing after "queued".
+            assert len(handler.reinject_pool) == 1 and quits == []
+            await handler.close_reinjections()
+            assert len(handler.reinject_pool) == 0
+        return elapsed
+
+    assert asyncio.run(main()) < 2.0
+
+
+def test_outgoing_cleartext_to_a_passthrough_recipient_is_reinjected_and_to_others_refused(run_filter, mails):
+    contact = f"privacy@{DOMAIN}"
+    data = mails.make("plain", SENDER, contact)
+
+    async def scenario(relay: Relay) -> None:
+        assert await relay.send(SENDER, [contact], data) == (250, "OK")
+        code, _ = await relay.send(SENDER, [contact, RECIPIENT], data)
+        assert code == 523
+        assert [r.rcpt_tos for r in relay.postfix.received] == [[contact]]
+
+    run_filter("outgoing", scenario, passthrough_recipients=contact)

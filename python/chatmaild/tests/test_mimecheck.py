@@ -619,3 +619,39 @@ def test_mime_parts_nested_too_deeply_are_refused_with_a_clear_5xx():
     for depth in (MAX_MIME_DEPTH + 1, 900):
         verdict = check_incoming(SENDER, [RECIPIENT], _nested(depth), lambda rcpt: True)
         assert verdict.reply == f"554 5.6.0 MIME parts nested deeper than {MAX_MIME_DEPTH} levels"
+
+
+# passthrough_senders / passthrough_recipients, as the reference relay's filter had them.
+PASS_RECIPIENTS = ("privacy@chat.example.org", "@partner.example")
+
+
+@pytest.mark.parametrize(("rcpts", "accepted"), [
+    (["privacy@chat.example.org"], True),
+    (["PRIVACY@Chat.Example.org"], True),
+    (["anyone@partner.example"], True),
+    (["privacy@chat.example.org", "x@partner.example"], True),
+    (["privacy@chat.example.org", RECIPIENT], False),  # every recipient must match
+    (["privacy2@chat.example.org"], False),
+    (["x@notpartner.example"], False),
+    (["x@sub.partner.example.evil"], False),
+])
+def test_cleartext_passes_outgoing_only_when_every_recipient_is_a_passthrough_recipient(mails, rcpts, accepted):
+    data = mails.make("plain", from_addr=SENDER, to_addr=rcpts[0])
+    verdict = check_outgoing(SENDER, rcpts, data, passthrough_recipients=PASS_RECIPIENTS)
+    assert verdict.accept == accepted
+    assert verdict.kind == ("passthrough-recipients" if accepted else "cleartext")
+
+
+def test_a_passthrough_sender_may_send_cleartext_to_anyone_and_others_may_not(mails):
+    data = mails.make("plain", from_addr=SENDER, to_addr=RECIPIENT)
+    verdict = check_outgoing(SENDER, [RECIPIENT], data, passthrough_senders=(SENDER.lower(),))
+    assert (verdict.accept, verdict.kind) == (True, "passthrough-sender")
+    assert check_outgoing(SENDER, [RECIPIENT], data, passthrough_senders=("other@chat.example.org",)).reply \
+        == REPLY_ENCRYPTION_NEEDED
+
+
+def test_a_passthrough_sender_still_cannot_forge_its_from(mails):
+    data = mails.make("plain", from_addr="victim@chat.example.org", to_addr=RECIPIENT)
+    verdict = check_outgoing(SENDER, [RECIPIENT], data, passthrough_senders=(SENDER,),
+                             passthrough_recipients=("@chat.example.org",))
+    assert not verdict.accept and verdict.reply.startswith("500 Invalid FROM")

@@ -31,7 +31,10 @@ def run_http(make_config, dkim_domains) -> Callable[..., None]:
             )
             handler = FilterHandler(config, "incoming", dkim=DkimVerifier(lookup_txt=dkim_domains.lookup_txt))
             async with postfix_server, TestClient(TestServer(make_app(handler))) as client:
-                await scenario(client, postfix)
+                try:
+                    await scenario(client, postfix)
+                finally:
+                    await handler.close_reinjections()
 
         asyncio.run(main())
 

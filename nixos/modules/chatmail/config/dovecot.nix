@@ -40,6 +40,11 @@ in
   dovecot_storage_version = ${versions.dovecot_storage_version}
 
   protocols = imap lmtp
+  # A restart (a changed configuration, a new certificate) lets running processes finish
+  # their session: an LMTP delivery cut off between saving the message and its 250 would
+  # be delivered again by Postfix, a duplicate. The unit stops only the master
+  # (KillMode=process, config/units.nix dovecotService).
+  shutdown_clients = no
   listen = ${if settings.disable_ipv6 then "*" else "*, ::"}
   base_dir = ${paths.dovecotBaseDir}
   default_internal_user = ${paths.dovecotInternalUser}

@@ -9,12 +9,18 @@
 # Result:
 #   streamConfig  the `stream { }` body: port 443 split by the client's ALPN list without
 #                 terminating TLS: "smtp" -> submissions (465), "imap" -> IMAPS (993),
-#                 anything else -> the HTTPS site
+#                 anything else -> the HTTPS site. The client's address goes along in a
+#                 PROXY protocol header, so the site (rate limits, X-Real-IP) sees the client,
+#                 not the multiplexer; for 465 and 993 a loopback hop takes it off again
+#   alpnPorts     those loopback hops: { smtp; imap; } (ports)
 #   defaultListen services.nginx.defaultListen: where every virtual host of the machine
 #                 listens (ports from defaultHTTPListenPort/defaultSSLListenPort). HTTPS on
-#                 loopback only: the multiplexer is its one client, and nginx picks the site
+#                 loopback only, with the PROXY protocol: the multiplexer is its one client,
+#                 and nginx picks the site
 #                 by SNI among all hosts listening there. Plain HTTP (redirects, ACME) on all
 #                 addresses, IPv6 ones too unless disable_ipv6.
+#   httpConfig    lines for the http block (services.nginx.appendHttpConfig): the client's
+#                 address from the multiplexer's PROXY protocol header, the /new rate zone
 #   extraConfig   the relay's server block beyond its locations (HSTS, 404 for the rest)
 #   files         name -> text of the static files (autoconfig, MTA-STS policy, robots.txt,
 #                 and the web pages of ./www.nix)
@@ -28,6 +34,12 @@ let
   ipv6 = !settings.disable_ipv6;
   selfSigned = paths.tlsMode == "self-signed";
   httpsUpstream = "127.0.0.1:${toString paths.httpsPort}";
+  # Loopback ports where the multiplexer's PROXY header is taken off before Postfix's
+  # submissions and Dovecot's IMAPS, which do not expect one.
+  alpnPorts = {
+    smtp = 10465;
+    imap = 10993;
+  };
 
   # Mozilla autoconfig v1.1: the same host for every service, implicit TLS first, port 443
   # last (for networks that allow nothing else).
@@ -86,6 +98,10 @@ let
       )
       + ''
         limit_except GET POST { deny all; }
+        # Per client (its address from the PROXY header): a few at once, then two a second.
+        # newemail has its own, slower limit per client behind this one.
+        limit_req zone=chatmail_new burst=5 nodelay;
+        limit_req_status 429;
       '';
   };
   # The index is the answer to "/" itself: the index module would look for a directory, and
@@ -100,12 +116,12 @@ let
   };
 in
 {
-  inherit qrText;
+  inherit qrText alpnPorts;
 
   streamConfig = ''
     map $ssl_preread_alpn_protocols $chatmail_alpn_upstream {
-      ~\bsmtp\b 127.0.0.1:465;
-      ~\bimap\b 127.0.0.1:993;
+      ~\bsmtp\b 127.0.0.1:${toString alpnPorts.smtp};
+      ~\bimap\b 127.0.0.1:${toString alpnPorts.imap};
       default ${httpsUpstream};
     }
     server {
@@ -117,7 +133,27 @@ in
       # proxy_pass holds a variable (missing_resolver): name the host's own.
       resolver 127.0.0.1${if ipv6 then "" else " ipv6=off"};
       proxy_pass $chatmail_alpn_upstream;
+      # The client's address travels with the connection (PROXY protocol v1).
+      proxy_protocol on;
     }
+    server {
+      listen 127.0.0.1:${toString alpnPorts.smtp} proxy_protocol;
+      proxy_pass 127.0.0.1:465;
+    }
+    server {
+      listen 127.0.0.1:${toString alpnPorts.imap} proxy_protocol;
+      proxy_pass 127.0.0.1:993;
+    }
+  '';
+
+  # Behind the multiplexer every HTTPS client arrives from 127.0.0.1; its real address is in
+  # the PROXY header, and becomes $remote_addr (so X-Real-IP, which recommendedProxySettings
+  # sends, carries it to newemail). Only loopback may say so. The port-80 side has no
+  # PROXY header and keeps the peer's address.
+  httpConfig = ''
+    set_real_ip_from 127.0.0.1;
+    real_ip_header proxy_protocol;
+    limit_req_zone $binary_remote_addr zone=chatmail_new:10m rate=2r/s;
   '';
 
   defaultListen =
@@ -125,6 +161,7 @@ in
       {
         addr = "127.0.0.1";
         ssl = true;
+        proxyProtocol = true;
       }
       {
         addr = "0.0.0.0";

@@ -19,7 +19,10 @@
 #             ExecStart is an argv list, escaped by whoever writes the unit file (NixOS:
 #             utils.escapeSystemdExecArgs; the lab the same rules). An entry with
 #             timerConfig is started by its timer instead of at boot.
+#   sockets   unit name -> { description; wantedBy; listenStreams; socketConfig } (NixOS:
+#             systemd.sockets; the lab writes them as .socket files)
 #   tmpfiles  tmpfiles.d lines
+#   dovecotService, opendkimService  serviceConfig for those units (NixOS's and Debian's)
 #   ordering  service name (postfix, dovecot, nginx) -> units it wants and starts after
 {
   settings,
@@ -206,12 +209,15 @@ in
     filtermail = filtermail "outgoing";
     filtermail-incoming = filtermail "incoming";
 
+    # Socket-activated (see `sockets` below): it also starts at boot, to send the pushes
+    # queued before a restart.
     chatmail-metadata = daemon (beforeDovecot // {
       description = "chatmail IMAP METADATA and push notifications (Dovecot dict)";
+      requires = [ "chatmail-metadata.socket" ];
+      after = [ "network.target" ] ++ resolver ++ [ "chatmail-metadata.socket" ];
       serviceConfig =
         restarting
         // mailboxes
-        // socketDir paths.metadataSocket
         // {
           ExecStart = [
             (exe "chatmail-metadata")
@@ -341,6 +347,27 @@ in
     };
   };
 
+  # chatmail-metadata's socket belongs to systemd, not to the daemon: while the daemon
+  # restarts (a crash, a changed chatmail.ini) Dovecot's connections wait in the backlog
+  # instead of being refused, and no delivery loses its push notification. The daemon takes
+  # the socket from LISTEN_FDS. The directory is systemd's (root, 0755); the socket itself is
+  # the mail user's and its group's only, as Dovecot's imap and lmtp processes run as that user.
+  sockets = {
+    chatmail-metadata = {
+      description = "chatmail IMAP METADATA socket (Dovecot dict)";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ paths.metadataSocket ];
+      socketConfig = {
+        SocketUser = paths.vmailUser;
+        SocketGroup = paths.vmailUser;
+        SocketMode = "0660";
+        DirectoryMode = "0755";
+        # Every imap and lmtp process connects after a restart (the daemon's own backlog).
+        Backlog = 1024;
+      };
+    };
+  };
+
   tmpfiles = [
     # <mailboxes_dir>/<address>/ holds each account: its password file and its maildir.
     # Its parent first: one made by tmpfiles itself would be root's, and systemd-tmpfiles
@@ -367,12 +394,20 @@ in
     dovecot = tlsUnits ++ [
       "postfix-setup.service"
       "doveauth.service"
+      "chatmail-metadata.socket"
       "chatmail-metadata.service"
       "chatmail-lastlogin.service"
     ];
     # With ACME, nginx must come first (it answers the HTTP-01 challenge); nixpkgs' ACME
     # module orders the certificate unit after it.
     nginx = if paths.tlsMode or null == "acme" then [ ] else tlsUnits;
+  };
+
+  # Dovecot's unit stops only its master process: deliveries and IMAP sessions in progress
+  # finish (shutdown_clients = no in config/dovecot.nix) instead of being cut off after the
+  # message was saved but before LMTP's 250, which made Postfix deliver it a second time.
+  dovecotService = {
+    KillMode = "process";
   };
 
   # OpenDKIM leaks memory over time: it comes back after a crash, and a daily restart keeps

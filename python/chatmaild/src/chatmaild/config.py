@@ -138,12 +138,32 @@ def _megabytes(path: Path, key: str, raw: str) -> int:
         raise _expect(path, key, raw, "a size in megabytes such as 500M or 2G") from None
 
 
+def _addresses(path: Path, key: str, raw: str) -> tuple[str, ...]:
+    entries = tuple(raw.lower().split())
+    for entry in entries:
+        local, at, domain = entry.rpartition("@")
+        if not at or not domain or "@" in local:
+            raise _expect(path, key, raw, "addresses or @domain entries, separated by spaces")
+    return entries
+
+
+def _exact_addresses(path: Path, key: str, raw: str) -> tuple[str, ...]:
+    entries = _addresses(path, key, raw)
+    if any(entry.startswith("@") for entry in entries):
+        raise _expect(path, key, raw, "whole addresses (no @domain entries), separated by spaces")
+    return entries
+
+
 Port = Annotated[int, _port]
 """A TCP or UDP port, 1 to 65535."""
 Listen = Annotated[str, _listen]
 """``HOST:PORT`` to listen on."""
 Megabytes = Annotated[int, _megabytes]
 """A size written as ``500M``, ``2G`` or ``256``, held in megabytes."""
+Addresses = Annotated[tuple[str, ...], _addresses]
+"""Space-separated mail addresses and ``@domain`` entries, held in lower case."""
+ExactAddresses = Annotated[tuple[str, ...], _exact_addresses]
+"""Space-separated mail addresses, held in lower case."""
 TlsMode = Literal["acme", "external", "self-signed"]
 """Where the certificate comes from; ``self-signed`` makes ``/new`` tell clients to accept it."""
 
@@ -196,6 +216,11 @@ class Config:
     iroh_relay: str
     """The iroh relay clients are told to use; empty: none offered."""
     appversions_file: Path | None
+    passthrough_senders: ExactAddresses
+    """Senders whose cleartext mail filtermail passes on (exact addresses)."""
+    passthrough_recipients: Addresses
+    """Recipients that take cleartext from our users: exact addresses or ``@domain``;
+    a message passes only if all its recipients match."""
     """JSON app-version index offered as ``/shared/vendor/deltachat/appversions`` (None: not offered)."""
 
     mailboxes_dir: Path

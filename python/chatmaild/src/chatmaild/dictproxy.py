@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -220,7 +221,19 @@ class DictProxy:
                 await writer.wait_closed()
 
     async def start(self, socket_path: str | Path) -> asyncio.AbstractServer:
-        """Listen on ``socket_path`` (mode 0660), replacing a socket left by an earlier run."""
+        """Listen on ``socket_path`` (mode 0660), replacing a socket left by an earlier run.
+
+        When systemd passes the listening socket (socket activation), that
+        socket is served instead: it stays open while this process restarts,
+        so Dovecot's connections wait in its backlog rather than being
+        refused, and no delivery loses its push notification.
+        """
+        inherited = inherited_socket(socket_path)
+        if inherited is not None:
+            log.info("serving the socket systemd passed for %s", socket_path)
+            return await asyncio.start_unix_server(
+                self.serve_connection, sock=inherited, limit=MAX_LINE_BYTES + 1
+            )
         path = Path(socket_path)
         remove_stale_socket(path)
         with _umask(0o777 & ~SOCKET_MODE):
@@ -236,6 +249,37 @@ class DictProxy:
         log.info("dict service listening on %s", socket_path)
         async with server:
             await server.serve_forever()
+
+
+SD_LISTEN_FDS_START = 3
+"""The first file descriptor systemd passes (sd_listen_fds(3))."""
+
+
+def inherited_socket(socket_path: str | Path, environ: dict[str, str] | None = None) -> socket.socket | None:
+    """The listening unix socket systemd passed to this process for ``socket_path``, or None.
+
+    Follows sd_listen_fds(3): the descriptors start at 3, ``LISTEN_FDS``
+    says how many, and ``LISTEN_PID`` must be this process (otherwise the
+    variables were meant for a parent). The variables are removed so that
+    no child takes them as its own. A passed socket bound to another path
+    is a configuration error, and starting on the wrong socket would serve
+    nobody: that raises.
+    """
+    env = os.environ if environ is None else environ
+    pid, count = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
+    if not (pid.isascii() and pid.isdigit() and count.isascii() and count.isdigit()):
+        return None
+    if int(pid) != os.getpid() or int(count) < 1:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    bound = sock.getsockname()
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or bound != str(socket_path):
+        sock.detach()
+        raise ValueError(f"systemd passed a socket for {bound!r}, expected a unix stream socket {socket_path}")
+    sock.setblocking(False)
+    return sock
 
 
 def remove_stale_socket(path: Path) -> None:

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 LISTEN_HOST = "127.0.0.1"
 REINJECT_HOST = "127.0.0.1"
 REINJECT_TIMEOUT_SECONDS = 60.0
+QUIT_TIMEOUT_SECONDS = 10.0
+"""How long a reinjection session's QUIT may take; nobody waits for it."""
 MODES = ("outgoing", "incoming")
 NULL_SENDER = "<>"
 
@@ -345,6 +347,7 @@ class ReinjectPool:
         self.port = port
         self.clock = clock
         self._idle: list[tuple[float, aiosmtplib.SMTP]] = []
+        self._reaper: asyncio.TimerHandle | None = None
 
     async def acquire(self) -> aiosmtplib.SMTP:
         """An idle connection that is still fresh, or a new one."""
@@ -369,7 +372,37 @@ class ReinjectPool:
         if len(self._idle) >= self.MAX_IDLE or not client.is_connected:
             return False
         self._idle.append((self.clock(), client))
+        self._schedule_reap()
         return True
+
+    def _schedule_reap(self) -> None:
+        """Close idle connections once they are too old to be reused, even if no other
+        message comes: nothing stays open towards Postfix on an idle relay."""
+        if self._reaper is None:
+            loop = asyncio.get_running_loop()
+            self._reaper = loop.call_later(self.MAX_IDLE_SECONDS, self._reap)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        now = self.clock()
+        fresh = []
+        for since, client in self._idle:
+            if now - since < self.MAX_IDLE_SECONDS and client.is_connected:
+                fresh.append((since, client))
+            else:
+                client.close()
+        self._idle = fresh
+        if self._idle:
+            self._schedule_reap()
+
+    def close(self) -> None:
+        """Close every idle connection (at shutdown)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for _, client in self._idle:
+            client.close()
+        self._idle = []
 
     def __len__(self) -> int:
         return len(self._idle)
@@ -403,6 +436,7 @@ class FilterHandler:
         self.ratelimiter = ratelimiter
         self.executor = concurrent.futures.ThreadPoolExecutor(MIME_WORKERS, thread_name_prefix="mimecheck")
         self.reinject_pool = ReinjectPool(REINJECT_HOST, self.reinject_port)
+        self._closing: set[asyncio.Task[None]] = set()
         self.dkim: dkimcheck.DkimVerifier | None = None
         if mode == "incoming":
             from . import dkimcheck
@@ -504,7 +538,10 @@ class FilterHandler:
     def judge(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> mimecheck.Verdict:
         """Parse and judge one message (blocking CPU work: runs in the executor)."""
         if self.mode == "outgoing":
-            return mimecheck.check_outgoing(mail_from, rcpt_tos, data)
+            c = self.config
+            return mimecheck.check_outgoing(
+                mail_from, rcpt_tos, data, c.passthrough_senders, c.passthrough_recipients
+            )
         return mimecheck.check_incoming(mail_from, rcpt_tos, data, self.accepts_cleartext)
 
     async def check_origin(
@@ -549,30 +586,62 @@ class FilterHandler:
         return user.exists() and user.is_incoming_cleartext_ok()
 
     async def reinject(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> str:
-        """Hand the unchanged bytes back to Postfix; return the reply for our client."""
+        """Hand the unchanged bytes back to Postfix; return the reply for our client.
+
+        The reply is returned the moment Postfix has queued the message: a
+        connection whose transaction went well goes back to the pool (no QUIT
+        at all), any other ends with a QUIT in the background. Anything slow
+        between "queued" and our client's 250 is a window in which a killed
+        filter makes the client resend a message that is already on its way.
+        """
         client: aiosmtplib.SMTP | None = None
-        done = False
         try:
             client = await self.reinject_pool.acquire()
             # SMTP.sendmail rather than aiosmtplib.send: only it takes the
             # null sender (""), which bounces and incoming mail need.
             refused, _ = await client.sendmail(mail_from, rcpt_tos, data)
-            done = True
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
+            if client is not None:
+                self.close_later(client)
             return passed_back(first.code, first.message)
         except aiosmtplib.SMTPResponseException as exc:
+            if client is not None:  # None: Postfix refused the connection itself
+                self.close_later(client)
             return passed_back(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
+            if client is not None:
+                client.close()
             log.warning("reinjection to %s:%s failed: %s", REINJECT_HOST, self.reinject_port, exc)
             return "451 4.3.0 Local error: could not pass the message on, try again later"
-        finally:
-            # Only a connection whose transaction ended well goes back; any other is closed.
-            if client is not None and not (done and self.reinject_pool.release(client)):
-                client.close()
+        # Only a connection whose transaction ended well goes back to the pool.
+        if not self.reinject_pool.release(client):
+            self.close_later(client)
         if refused:
             log.warning("reinjection: %d of %d recipients refused", len(refused), len(rcpt_tos))
         return "250 OK"
+
+    def close_later(self, client: aiosmtplib.SMTP) -> None:
+        """End a reinjection session with QUIT without making anyone wait for it."""
+        task = asyncio.get_running_loop().create_task(self._quit(client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _quit(client: aiosmtplib.SMTP) -> None:
+        try:
+            await asyncio.wait_for(client.quit(), QUIT_TIMEOUT_SECONDS)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            client.close()
+
+    async def close_reinjections(self) -> None:
+        """Close the pooled connections and wait for the background QUITs (at shutdown
+        and in tests)."""
+        self.reinject_pool.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def handle_exception(self, error: Exception) -> str:
         # A bug here must defer mail (the sender retries), never bounce it.
@@ -633,6 +702,7 @@ async def serve(config: Config, mode: str) -> None:
     finally:
         if http_runner is not None:
             await http_runner.cleanup()
+        await handler.close_reinjections()
 
 
 def main(argv: list[str] | None = None) -> int:

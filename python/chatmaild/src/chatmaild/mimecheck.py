@@ -409,12 +409,33 @@ def _envelope_mailbox(mail_from: str) -> Mailbox | None:
         return None
 
 
-def check_outgoing(mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> Verdict:
+def matches_passthrough(addr: str, entries: Sequence[str]) -> bool:
+    """``addr`` is one of ``entries``: an exact address, or ``@domain`` for a whole domain.
+
+    Compared without regard to case; ``entries`` are lower case (chatmaild.config).
+    """
+    addr = addr.lower()
+    return any(addr == entry or (entry.startswith("@") and addr.endswith(entry)) for entry in entries)
+
+
+def check_outgoing(
+    mail_from: str,
+    rcpt_tos: Sequence[str],
+    data: bytes,
+    passthrough_senders: Sequence[str] = (),
+    passthrough_recipients: Sequence[str] = (),
+) -> Verdict:
     """Judge a message one of our users submits (encrypted, Secure-Join or self-sent ASM only).
 
     The one ``From:`` mailbox, and the one ``Sender:`` mailbox if there is
     such a header, must be the envelope sender (the login, which Postfix
     checked): otherwise a user could sign mail as somebody else.
+
+    The operator's exceptions, as the reference relay has them: a sender in
+    ``passthrough_senders`` may send cleartext, and so may anyone to
+    recipients that *all* match ``passthrough_recipients`` (exact addresses
+    or ``@domain``), e.g. a cleartext contact address of the operator. The
+    From checks above hold for them too.
     """
     envelope = _envelope_mailbox(mail_from)
     if envelope is None:
@@ -436,8 +457,12 @@ def check_outgoing(mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> Verd
         return Verdict(True, REPLY_OK, "encrypted", mail_from, sender)
     if is_securejoin(msg):
         return Verdict(True, REPLY_OK, "securejoin", mail_from, sender)
+    if mail_from.lower() in passthrough_senders:
+        return Verdict(True, REPLY_OK, "passthrough-sender", mail_from, sender)
     if is_self_sent_setup_message(msg, mail_from, rcpt_tos):
         return Verdict(True, REPLY_OK, "setup-message", mail_from, sender)
+    if rcpt_tos and all(matches_passthrough(rcpt, passthrough_recipients) for rcpt in rcpt_tos):
+        return Verdict(True, REPLY_OK, "passthrough-recipients", mail_from, sender)
     return _reject(REPLY_ENCRYPTION_NEEDED, "cleartext")
 
 
