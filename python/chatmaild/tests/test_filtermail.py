@@ -257,6 +257,23 @@ def test_reinjection_connection_idle_too_long_is_not_reused(run_filter, mails):
     run_filter("outgoing", scenario)
 
 
+def test_an_idle_reinjection_connection_is_closed_without_waiting_for_another_message(run_filter, mails):
+    """Nothing stays open towards Postfix on an idle relay (and a server that waits for its
+    clients at shutdown, as Python 3.12+ does, is not kept waiting)."""
+    data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+
+    async def scenario(relay: Relay) -> None:
+        pool = relay.handler.reinject_pool
+        pool.MAX_IDLE_SECONDS = 0.05
+        assert (await relay.send(SENDER, [RECIPIENT], data))[0] == 250
+        assert len(pool) == 1
+        (_, pooled), = pool._idle
+        await asyncio.sleep(0.3)
+        assert len(pool) == 0 and not pooled.is_connected
+
+    run_filter("outgoing", scenario)
+
+
 def test_reinjection_connection_is_not_reused_after_a_refusal(run_filter, mails):
     data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
 
