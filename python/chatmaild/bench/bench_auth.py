@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import cpu_seconds, percentile, report, vm_rss_kib
+from benchlib import cpu_seconds, percentile, report, stop, vm_rss_kib
 
 DOMAIN = "bench.example.org"
 START_TIMEOUT_SECONDS = 30.0
@@ -242,12 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded_rss = vm_rss_kib(proc.pid)
             print(f"doveauth VmRSS: idle {idle_rss / 1024:.1f} MiB, after load {loaded_rss / 1024:.1f} MiB")
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, signal.SIGINT)
     return 0
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import pss_kib, report, vm_rss_kib
+from benchlib import pss_kib, report, stop, vm_rss_kib
 
 DOMAIN = "bench.example.org"
 START_TIMEOUT_SECONDS = 30.0
@@ -120,13 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             report("memory.total_pss_mb", total_pss * 1024 / 1e6)
         finally:
             for proc in procs.values():
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)  # all at once, then wait for each
             for proc in procs.values():
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop(proc)
     return 0
 
 

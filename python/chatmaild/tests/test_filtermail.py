@@ -60,15 +60,21 @@ class Relay:
         """Run one SMTP transaction; return the final reply code and text."""
         smtp = await self.client()
         try:
-            await smtp.mail(mail_from)
-            for rcpt in rcpt_tos:
-                await smtp.rcpt(rcpt)
-            response = await smtp.data(data)
-            return response.code, response.message
-        except aiosmtplib.SMTPResponseException as exc:
-            return exc.code, exc.message
+            return await transaction(smtp, mail_from, rcpt_tos, data)
         finally:
             smtp.close()
+
+
+async def transaction(smtp: aiosmtplib.SMTP, mail_from: str, rcpt_tos: list[str], data: bytes) -> tuple[int, str]:
+    """MAIL, RCPT, DATA on a connected client; the final reply code and text (a refusal included)."""
+    try:
+        await smtp.mail(mail_from)
+        for rcpt in rcpt_tos:
+            await smtp.rcpt(rcpt)
+        response = await smtp.data(data)
+        return response.code, response.message
+    except aiosmtplib.SMTPResponseException as exc:
+        return exc.code, exc.message
 
 
 def free_port() -> int:
@@ -635,13 +641,7 @@ async def send_as_postfix(relay: Relay, client_addr: str | None, mail_from: str,
         if client_addr is not None:
             reply = await smtp.execute_command(b"XFORWARD", b"NAME=spike.porcupine.org", f"ADDR={client_addr}".encode())
             assert reply.code == 250
-        await smtp.mail(mail_from)
-        for rcpt in rcpt_tos:
-            await smtp.rcpt(rcpt)
-        response = await smtp.data(data)
-        return response.code, response.message
-    except aiosmtplib.SMTPResponseException as exc:
-        return exc.code, exc.message
+        return await transaction(smtp, mail_from, rcpt_tos, data)
     finally:
         smtp.close()
 
