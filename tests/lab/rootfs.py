@@ -25,6 +25,9 @@ PACKAGES = [
     "dovecot-imapd",
     "dovecot-lmtpd",
     "dovecot-auth-lua",
+    # Pigeonhole: the LMTP sieve script that drops a message delivered twice (a client's resend
+    # after a lost 250).
+    "dovecot-sieve",
     "opendkim",
     "opendkim-tools",
     "nginx-light",
@@ -40,6 +43,8 @@ PACKAGES = [
     "netbase",
     "coturn",
     "qrencode",
+    # Reads the metrics textfile the way services.prometheus.exporters.node does on NixOS.
+    "prometheus-node-exporter",
     # Each relay boots Debian's systemd in systemd-nspawn; the units run every service.
     "systemd",
     "systemd-sysv",
