@@ -25,6 +25,10 @@ in
   acmeWebroot = "/var/lib/acme/acme-challenge";
   authLua = "/etc/chatmail/auth.lua";
   pushLua = "/etc/chatmail/push.lua";
+  dedupeSieve = "/etc/chatmail/dedupe.sieve";
+  # Debian's dovecot-core and dovecot-sieve both install their plugins here.
+  dovecotModuleDir = "/usr/lib/dovecot/modules";
+  sieveBinDir = "/var/lib/chatmail-sieve";
   metadataSocket = "/run/chatmail-metadata/metadata.socket";
   lastloginSocket = "/run/chatmail-lastlogin/lastlogin.socket";
   dkimSelector = "opendkim";

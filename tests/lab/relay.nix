@@ -23,6 +23,7 @@ in
   dovecotConf = import (cfg + "/dovecot.nix") { inherit settings paths; };
   authLua = builtins.readFile (cfg + "/auth.lua");
   pushLua = builtins.readFile (cfg + "/push.lua");
+  dedupeSieve = builtins.readFile (cfg + "/dedupe.sieve");
   opendkim = if paths.dkimSocket == null then null else import (cfg + "/opendkim.nix") { inherit settings paths; };
   nginx = import (cfg + "/nginx.nix") { inherit settings paths; };
   turn = import (cfg + "/turn.nix") { inherit settings paths; };

@@ -178,6 +178,7 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
     write(root, paths["chatmailIni"], cfg["chatmailIni"])
     write(root, paths["authLua"], cfg["authLua"])
     write(root, paths["pushLua"], cfg["pushLua"])
+    write(root, paths["dedupeSieve"], cfg["dedupeSieve"])
     write(root, paths["dovecotConf"], cfg["dovecotConf"])
     for path, text in chatmaild_commands(paths).items():
         write(root, path, text, 0o755)

@@ -33,6 +33,7 @@ rec {
     exe = lib.getExe' cfg.package;
     authLua = "${./config/auth.lua}";
     pushLua = "${./config/push.lua}";
+    dedupeSieve = "${./config/dedupe.sieve}";
     wwwFiles = "${wwwFiles}";
   };
 

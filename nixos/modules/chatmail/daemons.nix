@@ -59,8 +59,16 @@ in
 {
   config = lib.mkIf cfg.enable {
     environment.etc."chatmail/chatmail.ini".source = chatmailIni;
-    # The operator's `chatmail` command (dns, status, accounts) and the daily jobs, on PATH.
-    environment.systemPackages = [ cfg.package ];
+    environment.systemPackages = [
+      # The operator's `chatmail` command (dns, status, accounts) and the daily jobs, on PATH.
+      cfg.package
+      # Pigeonhole, which runs dedupe.sieve in LMTP (config/dovecot.nix). nixpkgs' Dovecot 2.4
+      # loads plugins, and the settings plugin that makes `sieve_*` known to its config
+      # parser, from /run/current-system/sw/lib/dovecot/modules: it must be in the system
+      # path. The Pigeonhole of the package in use is the attribute nixpkgs' dovecot2 module
+      # takes its sievec from; a package without it gets nixpkgs' own.
+      (config.services.dovecot2.package.passthru.dovecot_pigeonhole or pkgs.dovecot_pigeonhole)
+    ];
 
     systemd.services = lib.mapAttrs service units.services;
     systemd.timers = lib.mapAttrs timer (lib.filterAttrs (_: isTimed) units.services);

@@ -7,7 +7,8 @@
 # paths: dovecotBaseDir, dovecotInternalUser/Group, dovecotLogPath (null: syslog/journal),
 # postfixQueue (Postfix's queue directory: the auth and LMTP sockets live in private/),
 # mailboxesDir, tlsCert, tlsKey, authLua, pushLua, doveauthTokenFile, vmailUser,
-# metadataSocket, lastloginSocket, quotaExpire (the chatmail-quota-expire program).
+# metadataSocket, lastloginSocket, quotaExpire (the chatmail-quota-expire program),
+# dovecotModuleDir (Dovecot's and Pigeonhole's plugins), dedupeSieve and sieveBinDir.
 { settings, paths }:
 let
   versions = import ./dovecot-versions.nix;
@@ -52,6 +53,7 @@ in
   default_login_user = dovenull
   default_client_limit = 20000
   ${optional (paths.dovecotLogPath != null) "log_path = ${paths.dovecotLogPath}"}
+  mail_plugin_dir = ${paths.dovecotModuleDir}
 
   # TLS is required before any login, and clients get TLS 1.3 only.
   ssl = required
@@ -195,12 +197,22 @@ in
   push_notification lua {
     lua_file = ${paths.pushLua}
   }
+  # A message its sender handed over twice (the first 250 lost on the way back) is kept
+  # once: dedupe.sieve, run before every delivery, drops a second copy with the same
+  # Message-ID and envelope sender within a day. Nothing else is filtered here, and
+  # accounts have no Sieve scripts of their own.
+  sieve_script dedupe {
+    type = before
+    path = ${paths.dedupeSieve}
+    bin_path = ${paths.sieveBinDir}
+  }
   protocol lmtp {
     mail_plugins {
       mail_lua = yes
       notify = yes
       push_notification = yes
       push_notification_lua = yes
+      sieve = yes
     }
     # Postfix limits delivery concurrency already; this keeps LMTP (running as the mail
     # user) from asking anvil, whose socket only Dovecot's internal user may use.

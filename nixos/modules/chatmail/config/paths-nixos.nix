@@ -26,6 +26,7 @@
   # Store paths made by the module (the Lua scripts and the web pages).
   authLua ? "${./auth.lua}",
   pushLua ? "${./push.lua}",
+  dedupeSieve ? "${./dedupe.sieve}",
   wwwFiles ? "/etc/chatmail/www",
 }:
 let
@@ -54,7 +55,12 @@ in
   postfixMaps = "/etc/chatmail/postfix";
   # services.postfix sets queue_directory to this; its private/ holds Dovecot's sockets.
   postfixQueue = "/var/lib/postfix/queue";
-  inherit tlsMode authLua pushLua wwwFiles httpsPort;
+  inherit tlsMode authLua pushLua dedupeSieve wwwFiles httpsPort;
+  # Dovecot's plugins, Pigeonhole's among them: what nixpkgs' dovecot2 module uses (the
+  # packages in environment.systemPackages, ../dovecot.nix).
+  dovecotModuleDir = "/run/current-system/sw/lib/dovecot/modules";
+  # Where LMTP (as the mail user) keeps the compiled dedupe.sieve (tmpfiles, ./units.nix).
+  sieveBinDir = "/var/lib/chatmail-sieve";
   tlsCert = tls.cert;
   tlsKey = tls.key;
   # The unit that makes the certificate (null: none, the operator provides it).

@@ -5,7 +5,7 @@
 # unit files into each relay, where Debian's systemd runs them (tests/lab/units.py).
 #
 #   settings  chatmail.ini keys (defaults merged)
-#   paths     chatmailIni, mailboxesDir, vmailUser, doveauthTokenFile, metadataSocket,
+#   paths     chatmailIni, mailboxesDir, sieveBinDir, vmailUser, doveauthTokenFile, metadataSocket,
 #             lastloginSocket, turnSecretFile (the TURN secret; null when TURN is off),
 #             turnGroup, dkimSocket (null: no DKIM), dkimKeyFile, dkimSelector, dkimUser,
 #             dkimKeyGenerated (true: generate dkimKeyFile on first start), tlsUnit and
@@ -374,6 +374,8 @@ in
     # refuses to go on from the mail user's home into a root-owned directory.
     "d ${dirOf' paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
     "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
+    # LMTP compiles the dedupe Sieve script (./dedupe.sieve) into here on first use.
+    "d ${paths.sieveBinDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
   ];
 
   # Start-up order between the relay's services:
