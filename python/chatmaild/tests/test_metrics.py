@@ -111,6 +111,16 @@ def test_two_runs_of_a_one_shot_job_add_up_and_its_gauge_holds_the_last_run(metr
     }
 
 
+def test_a_directory_that_cannot_be_written_is_logged_once_and_counting_goes_on(tmp_path, caplog):
+    counters = Counters.for_source(tmp_path / "missing", "doveauth")
+    for _ in range(3):
+        counters.inc("chatmail_accounts_created_total")
+        counters.flush()
+    counters.close()
+    assert counters.get("chatmail_accounts_created_total") == 3
+    assert caplog.text.count("cannot write the counters") == 1
+
+
 def test_counters_without_a_directory_stay_in_memory(tmp_path):
     counters = Counters.for_source(None, "doveauth")
     counters.inc("chatmail_accounts_created_total")

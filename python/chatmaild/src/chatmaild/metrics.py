@@ -245,6 +245,7 @@ class Counters:
         self._lock = threading.Lock()
         self._values: dict[SeriesKey, float] = {}
         self._queued = False
+        self._failing = False  # a failed write is logged once, not once per event
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         if path is not None and write_behind:
             self._values = read_counter_file(path)
@@ -305,7 +306,13 @@ class Counters:
         try:
             write_bytes_atomic(self.path, data)
         except OSError as exc:
-            log.warning("cannot write the counters to %s: %s", self.path, exc)
+            if not self._failing:
+                log.warning("cannot write the counters to %s (counting on in memory): %s", self.path, exc)
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("the counters are written to %s again", self.path)
+            self._failing = False
 
     def flush(self) -> None:
         """Wait until every change so far is in the file (for shutdown and tests)."""
