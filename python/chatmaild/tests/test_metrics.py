@@ -370,3 +370,40 @@ def test_a_dry_run_of_the_expiry_counts_nothing(make_config, metrics_dir):
     assert list(metrics_dir.iterdir()) == []
     assert expire.main([str(config.path), "--remove"]) == 0
     assert ("chatmail_expire_last_run_timestamp_seconds", ()) in stored(metrics_dir / "expire.json")
+
+
+def test_deliveries_over_https_are_counted_once_and_the_receivers_own_refusals_too(make_config, mails, dkim_domains):
+    from aiohttp.test_utils import TestClient, TestServer
+    from aiosmtpd.smtp import SMTP
+    from test_filtermail import FakePostfix
+
+    from chatmaild.dkimcheck import DkimVerifier
+    from chatmaild.filtermail import FilterHandler
+    from chatmaild.mxdeliv import make_app
+
+    alice = f"alice@{REMOTE}"
+    signed = dkim_domains.sign(mails.make("encrypted", from_addr=alice, to_addr=RECIPIENT), REMOTE)
+
+    async def main() -> Counters:
+        loop = asyncio.get_running_loop()
+        postfix_server = await loop.create_server(lambda: SMTP(FakePostfix()), "127.0.0.1", 0)
+        config = make_config(postfix_reinject_port_incoming=postfix_server.sockets[0].getsockname()[1],
+                             max_message_size=len(signed) + 100)
+        handler = FilterHandler(config, "incoming", dkim=DkimVerifier(lookup_txt=dkim_domains.lookup_txt),
+                                counters=Counters(None))
+        async with postfix_server, TestClient(TestServer(make_app(handler))) as client:
+            try:
+                headers = {"X-MAIL-FROM": alice, "X-MAIL-TO": RECIPIENT}
+                assert (await client.post("/mxdeliv", data=signed, headers=headers)).status == 200
+                assert (await client.post("/mxdeliv", data=signed + b"x" * 200, headers=headers)).status == 413
+                assert (await client.post("/mxdeliv", data=signed, headers={"X-MAIL-FROM": alice})).status == 400
+            finally:
+                await handler.close_reinjections()
+        return handler.counters
+
+    counters = asyncio.run(main())
+    assert counters.snapshot() == {
+        series_key(ACCEPTED, {"direction": "incoming"}): 1,
+        series_key(REFUSALS, {"direction": "incoming", "code": "552"}): 1,
+        series_key(REFUSALS, {"direction": "incoming", "code": "554"}): 1,
+    }

@@ -100,7 +100,9 @@ METRICS: tuple[Metric, ...] = (
         ("direction", "code"),
     ),
     Metric("chatmail_accounts_created_total", "counter", "Accounts created by a first login."),
-    Metric("chatmail_pushes_queued_total", "counter", "Push notifications queued for the notification proxy."),
+    Metric(
+        "chatmail_pushes_queued_total", "counter", "Push notifications queued for the notification proxy."
+    ),
     Metric("chatmail_pushes_sent_total", "counter", "Push notifications the notification proxy accepted."),
     Metric(
         "chatmail_push_attempts_failed_total",
@@ -188,7 +190,10 @@ def reply_code(reply: str) -> str | None:
 
 def encode(values: Mapping[SeriesKey, float]) -> bytes:
     """A counter file's content: the format version and one entry per series."""
-    samples = [{"name": name, "labels": dict(labels), "value": value} for (name, labels), value in sorted(values.items())]
+    samples = [
+        {"name": name, "labels": dict(labels), "value": value}
+        for (name, labels), value in sorted(values.items())
+    ]
     return json.dumps({"format": FILE_FORMAT, "samples": samples}, indent=0).encode("utf-8")
 
 
@@ -385,7 +390,9 @@ def read_counters(metrics_dir: Path) -> dict[SeriesKey, float]:
     """The sum of every process's counter file in ``metrics_dir`` (gauges: the largest value)."""
     total: dict[SeriesKey, float] = {}
     try:
-        paths = sorted(p for p in metrics_dir.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith("."))
+        paths = sorted(
+            p for p in metrics_dir.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith(".")
+        )
     except FileNotFoundError:
         return total
     for path in paths:
@@ -455,7 +462,8 @@ def render(values: Mapping[SeriesKey, float]) -> str:
         lines.append(f"# TYPE {metric.name} {metric.kind}")
         for labels, value in sorted(samples):
             text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{metric.name}{{{text}}} {_number(value)}" if text else f"{metric.name} {_number(value)}")
+            series = f"{metric.name}{{{text}}}" if text else metric.name
+            lines.append(f"{series} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -480,4 +488,3 @@ def series_total(values: Mapping[SeriesKey, float], name: str, **labels: str) ->
     """Sum of the series of ``name`` whose labels include ``labels`` (for tests and reports)."""
     want = set(labels.items())
     return sum(v for (n, lab), v in values.items() if n == name and want <= set(lab))
-
