@@ -282,6 +282,37 @@ in
       description = "Create an account on the first login of a new address. `false` is the kill switch: the file {option}`services.chatmail.settings.nocreate_file` exists and only existing accounts can log in.";
     };
 
+    metrics = {
+      enable = mkEnableOption ''
+        Prometheus metrics of the relay, without a metrics daemon: every
+        {option}`services.chatmail.metrics.interval`, `chatmail metrics` writes `chatmail.prom`
+        (deliveries accepted, refusals by SMTP code, accounts created, pushes sent, failed and
+        queued, expiry removals, and the accounts, messages and bytes stored) for the node
+        exporter's textfile collector. No address or other private data is part of any metric'';
+      interval = mkOption {
+        type = types.str;
+        default = "1min";
+        example = "5min";
+        description = "How often the textfile is rewritten (a systemd time span). Each run walks the file names of every mailbox: on a relay with very many accounts, a longer interval costs less.";
+      };
+      textfileDirectory = mkOption {
+        type = types.strMatching "/.+";
+        default = "/var/lib/chatmail-metrics";
+        example = "/var/lib/prometheus-node-exporter-text-files";
+        description = "Where `chatmail.prom` is written, for the node exporter's `--collector.textfile.directory`. The default is the directory where the daemons keep their counters; another directory is made for the mail user, and must be one the node exporter reads.";
+      };
+      configureNodeExporter = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Enable {option}`services.prometheus.exporters.node` with its textfile collector reading
+          {option}`services.chatmail.metrics.textfileDirectory`, listening on 127.0.0.1:9100
+          (both `mkDefault`: to scrape from another host, set its `listenAddress` and firewall
+          yourself). `false`: you wire the textfile into your own exporter.
+        '';
+      };
+    };
+
     journald = {
       volatile = mkOption {
         type = types.bool;
@@ -332,5 +363,6 @@ in
     ./chatmail/turn.nix
     ./chatmail/privacy.nix
     ./chatmail/ordering.nix
+    ./chatmail/metrics.nix
   ];
 }

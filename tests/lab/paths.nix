@@ -43,6 +43,11 @@ in
   # chatmail-metadata gets the secret as a credential (config/units.nix), as on NixOS.
   metadataTurnSecretFile = "/run/credentials/chatmail-metadata.service/turn-secret";
   doveauthTokenFile = "/run/doveauth/token";
+  # Metrics are on in the lab: the daemons count into metricsDir, and chatmail-metrics writes
+  # the node exporter's textfile there (NixOS's default textfile directory).
+  metricsDir = "/var/lib/chatmail-metrics";
+  metricsTextfileDir = "/var/lib/chatmail-metrics";
+  metricsInterval = "1min";
   mailboxesDir = "/home/vmail/mail/${domain}";
   nocreateFile = "/etc/chatmail-nocreate";
   # Addresses that may never log in or be created again (`chatmail accounts block`).

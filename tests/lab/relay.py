@@ -271,6 +271,17 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
         "ExecStart": ["", units.exec_args(["/usr/bin/turnserver", "-c", paths["turnConf"], "--pidfile="])],
     })
 
+    # The node exporter reads the metrics textfile with the flags NixOS's
+    # services.prometheus.exporters.node gets from the module (config/units.nix
+    # nodeExporter); NixOS runs it only with metrics on, and so does the lab.
+    node = cfg["units"]["nodeExporter"]
+    if node is None:
+        mask(root, cfg, "prometheus-node-exporter.service")
+    else:
+        argv = ["/usr/bin/prometheus-node-exporter", *[f"--collector.{c}" for c in node["enabledCollectors"]],
+                "--web.listen-address", f"{node['listenAddress']}:{node['port']}", *node["extraFlags"]]
+        drop_in(root, cfg, "prometheus-node-exporter.service", {}, {"ExecStart": ["", units.exec_args(argv)]})
+
     # journald as the module configures it: in memory, for a short time.
     journald = {k: v for k, v in cfg["journald"].items() if v is not None}
     write(root, paths["journaldDropIn"], "\n".join(units.section("Journal", journald)) + "\n")

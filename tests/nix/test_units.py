@@ -103,3 +103,48 @@ def test_a_dovecot_restart_stops_only_its_master_so_deliveries_in_progress_finis
     assert evaluate()["dovecotService"] == {"KillMode": "process"}
     conf = (CONFIG / "dovecot.nix").read_text()
     assert "\n  shutdown_clients = no\n" in conf
+
+
+COUNTING = ["filtermail", "filtermail-incoming", "doveauth", "chatmail-metadata", "chatmail-expire"]
+
+
+def test_every_counting_daemon_writes_into_the_metrics_dir_that_chatmail_ini_names():
+    ini = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E",
+         f"(import {CONFIG}/chatmail-ini.nix {{ settings = {{ }}; paths = {BASE}; }}).keys.metrics_dir"],
+        check=True, capture_output=True, text=True).stdout
+    services = evaluate()["services"]
+    for name in COUNTING:
+        sc = services[name]["serviceConfig"]
+        assert "/var/lib/" + sc["StateDirectory"] == json.loads(ini), name
+        # The same mode in every unit that shares it (systemd sets it at each start), and one
+        # the node exporter, another user, can enter.
+        assert sc["StateDirectoryMode"] == "0755", name
+
+
+def test_without_metrics_there_is_no_textfile_writer_and_no_exporter():
+    data = evaluate()
+    assert "chatmail-metrics" not in data["services"]
+    assert data["nodeExporter"] is None
+
+
+def test_with_metrics_a_timer_writes_the_textfile_where_the_node_exporter_reads_it():
+    data = evaluate(metricsTextfileDir="/var/lib/chatmail-metrics", metricsInterval="2min")
+    unit = data["services"]["chatmail-metrics"]
+    assert unit["serviceConfig"]["ExecStart"] == [
+        "/bin/chatmail", "--config", "/etc/chatmail/chatmail.ini", "metrics", "--textfile", "/var/lib/chatmail-metrics"]
+    assert unit["serviceConfig"]["Type"] == "oneshot"
+    assert unit["timerConfig"]["OnUnitActiveSec"] == "2min"
+    assert "ReadWritePaths" not in unit["serviceConfig"], "its own StateDirectory is writable already"
+    assert data["nodeExporter"]["extraFlags"] == ["--collector.textfile.directory=/var/lib/chatmail-metrics"]
+    assert data["nodeExporter"]["enabledCollectors"] == ["textfile"]
+    assert data["nodeExporter"]["listenAddress"] == "127.0.0.1"
+    text = unitfiles.service("chatmail-metrics", unit, "/x").files["chatmail-metrics.timer"]
+    assert "OnUnitActiveSec=2min\n" in text
+
+
+def test_a_textfile_directory_of_the_operators_own_is_made_for_the_mail_user_and_writable():
+    data = evaluate(metricsTextfileDir="/var/lib/node-exporter-text", metricsInterval="1min")
+    assert data["services"]["chatmail-metrics"]["serviceConfig"]["ReadWritePaths"] == ["/var/lib/node-exporter-text"]
+    assert "d /var/lib/node-exporter-text 0755 vmail vmail - -" in data["tmpfiles"]
+    assert data["nodeExporter"]["extraFlags"] == ["--collector.textfile.directory=/var/lib/node-exporter-text"]

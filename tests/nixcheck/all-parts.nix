@@ -20,5 +20,10 @@
     iroh.relayUrl = "https://iroh.example.org/";
     newAccounts = false;
     settings.disable_ipv6 = true;
+    metrics = {
+      enable = true;
+      interval = "5min";
+      textfileDirectory = "/var/lib/prometheus-node-exporter-text-files";
+    };
   };
 }

@@ -1,8 +1,8 @@
 # One relay on its own: a first login creates an account, a wrong password is refused,
 # cleartext is refused with 523, IMAP METADATA round-trips through chatmail-metadata, a
 # delivery pushes the device token to a fake push proxy on the client node, a burst of
-# mail hits the send rate limit, the expiry timer is armed, the kill switch stops new
-# accounts, and 443 is split by ALPN.
+# mail hits the send rate limit, the expiry timer is armed, the node exporter serves the
+# relay's metrics on loopback, the kill switch stops new accounts, and 443 is split by ALPN.
 # Self-signed TLS: the relay's domain starts with "_" as such relays must.
 #
 #   nix build .#checks.x86_64-linux.features -L
@@ -54,6 +54,7 @@ in
         unbound.enable = false;
         # Plain HTTP to the fake proxy: the test network has no notification service.
         settings.notification_url = "http://${nodes.client.networking.primaryIPAddress}:${toString pushPort}/notify";
+        metrics.enable = true;
       };
       specialisation.nocreate.configuration.services.chatmail.newAccounts = false;
     };
@@ -125,6 +126,16 @@ in
     with subtest("the expiry and report timers are armed"):
         relay.succeed("systemctl is-active chatmail-expire.timer chatmail-fsreport.timer")
         relay.succeed("systemctl start chatmail-expire.service")
+
+    with subtest("metrics: the node exporter serves the relay's counters on loopback"):
+        relay.wait_for_unit("prometheus-node-exporter.service")
+        relay.succeed("systemctl is-active chatmail-metrics.timer")
+        relay.succeed("systemctl start chatmail-metrics.service")
+        scraped = relay.succeed("curl -sf http://127.0.0.1:9100/metrics")
+        assert "node_textfile_scrape_error 0" in scraped, scraped
+        # alice, bob and rater; one cleartext message refused.
+        assert "chatmail_accounts_created_total 3" in scraped, scraped
+        assert 'chatmail_refusals_total{code="523",direction="outgoing"} 1' in scraped, scraped
 
     with subtest("the kill switch stops new accounts"):
         relay.succeed("/run/current-system/specialisation/nocreate/bin/switch-to-configuration test")

@@ -30,6 +30,9 @@ rec {
     httpsPort = config.services.nginx.defaultSSLListenPort;
     turnEnable = cfg.turn.enable;
     turnSecretFile = cfg.turn.secretFile;
+    metricsEnable = cfg.metrics.enable;
+    metricsTextfileDir = cfg.metrics.textfileDirectory;
+    metricsInterval = cfg.metrics.interval;
     exe = lib.getExe' cfg.package;
     authLua = "${./config/auth.lua}";
     pushLua = "${./config/push.lua}";

@@ -10,9 +10,12 @@
 #   chatmail-newemail    /new: suggests an address and password to new users
 #   chatmail-expire      daily: removes old mail and unused accounts
 #   chatmail-fsreport    daily: storage and login statistics in the journal
+#   chatmail-metrics     with metrics.enable, every metrics.interval: `chatmail metrics` writes
+#                        the node exporter's textfile (./metrics.nix wires the exporter)
 #   chatmail-turn-secret one-shot: the TURN secret (with turn.enable)
 #   chatmail-dkim-key    one-shot: the DKIM key (with dkim.enable and no dkim.keyFile)
-# The package is also on PATH for the operator's `chatmail` command.
+# The counting daemons share the StateDirectory /var/lib/chatmail-metrics (chatmail.ini
+# metrics_dir). The package is also on PATH for the operator's `chatmail` command.
 # chatmail-quota-expire has no unit: Dovecot runs it when a mailbox is over quota.
 {
   config,

@@ -24,6 +24,7 @@ let
     blocklist_file = paths.blocklistFile;
     dkim_selector = paths.dkimSelector;
     dkim_key_file = paths.dkimKeyFile;
+    metrics_dir = paths.metricsDir;
   };
 
   keys = settings // fromPaths;

@@ -21,6 +21,11 @@
   httpsPort ? 8443,
   turnEnable ? true,
   turnSecretFile ? "/var/lib/chatmail-turn/secret",
+  # services.chatmail.metrics: whether `chatmail metrics` writes the node exporter's textfile,
+  # where, and how often.
+  metricsEnable ? false,
+  metricsTextfileDir ? "/var/lib/chatmail-metrics",
+  metricsInterval ? "1min",
   # script name -> absolute path of chatmaild's console script.
   exe ? (name: "/run/current-system/sw/bin/${name}"),
   # Store paths made by the module (the Lua scripts and the web pages).
@@ -101,4 +106,10 @@ in
   # null: log to stderr, which is the journal.
   dovecotLogPath = null;
   doveauthTokenFile = "/run/doveauth/token";
+  # Each daemon's event counters (chatmail.ini metrics_dir): a systemd StateDirectory, so it
+  # must lie directly under /var/lib (./units.nix).
+  metricsDir = "/var/lib/chatmail-metrics";
+  # Where `chatmail metrics` writes chatmail.prom for the node exporter (null: metrics off).
+  metricsTextfileDir = if metricsEnable then metricsTextfileDir else null;
+  inherit metricsInterval;
 }

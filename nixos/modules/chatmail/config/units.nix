@@ -9,7 +9,10 @@
 #             lastloginSocket, turnSecretFile (the TURN secret; null when TURN is off),
 #             turnGroup, dkimSocket (null: no DKIM), dkimKeyFile, dkimSelector, dkimUser,
 #             dkimKeyGenerated (true: generate dkimKeyFile on first start), tlsUnit and
-#             resolverUnit (unit names, or null when there is none), tlsMode
+#             resolverUnit (unit names, or null when there is none), tlsMode, metricsDir
+#             (the daemons' counters, directly under /var/lib), metricsTextfileDir (where
+#             chatmail-metrics writes the node exporter's textfile; null: metrics off),
+#             metricsInterval
 #   exe       script name -> absolute path of that console script
 #
 # Result:
@@ -24,6 +27,9 @@
 #   tmpfiles  tmpfiles.d lines
 #   dovecotService, opendkimService  serviceConfig for those units (NixOS's and Debian's)
 #   ordering  service name (postfix, dovecot, nginx) -> units it wants and starts after
+#   nodeExporter  null, or with metrics on, what the node exporter needs to read the textfile:
+#             { enabledCollectors; extraFlags; listenAddress; port } (NixOS:
+#             services.prometheus.exporters.node; the lab: a drop-in for Debian's unit)
 {
   settings,
   paths,
@@ -41,6 +47,8 @@ let
   tlsUnits = optional (paths.tlsUnit or null != null) paths.tlsUnit;
   dkim = paths.dkimSocket or null != null;
   turn = paths.turnSecretFile or null != null;
+  metrics = paths.metricsTextfileDir or null != null;
+  textfileDir = paths.metricsTextfileDir;
 
   # What every daemon gets: no privileges, a read-only system, no devices, no kernel knobs,
   # only the system calls a service needs. Each unit below adds its exceptions, with the
@@ -111,6 +119,21 @@ let
     IPAddressAllow = "localhost";
   };
 
+  # The directory where each daemon keeps its event counters (chatmaild.metrics): the same
+  # StateDirectory in every unit that counts, all of them the mail user's, and world-readable
+  # so that the node exporter (another user) can read the textfile written there.
+  counting =
+    let
+      m = builtins.match "/var/lib/([^/]+)" paths.metricsDir;
+    in
+    if m == null then
+      throw "units.nix: paths.metricsDir (${paths.metricsDir}) must be a directory directly under /var/lib"
+    else
+      {
+        StateDirectory = builtins.head m;
+        StateDirectoryMode = "0755";
+      };
+
   # No network at all (unix sockets on the file system still work).
   noNetwork = {
     PrivateNetwork = true;
@@ -134,7 +157,7 @@ let
     description = "chatmail ${direction} filter (only OpenPGP-encrypted mail passes)";
     # The filters read a recipient's settings (enforceE2EEincoming) in the mailboxes and
     # write nothing there.
-    serviceConfig = restarting // {
+    serviceConfig = restarting // counting // {
       ProtectHome = "tmpfs";
       BindReadOnlyPaths = [ paths.mailboxesDir ];
       ExecStart = [
@@ -192,6 +215,7 @@ in
         restarting
         // loopbackOnly
         // mailboxes
+        // counting
         // {
           ExecStart = [
             (exe "doveauth")
@@ -218,6 +242,7 @@ in
       serviceConfig =
         restarting
         // mailboxes
+        // counting
         // {
           ExecStart = [
             (exe "chatmail-metadata")
@@ -274,7 +299,7 @@ in
       (exe "chatmail-expire")
       paths.chatmailIni
       "--remove"
-    ] { };
+    ] counting;
 
     # Reads only: statistics of mailbox sizes and logins, printed to the journal.
     chatmail-fsreport =
@@ -287,6 +312,38 @@ in
           BindPaths = [ ];
           BindReadOnlyPaths = [ paths.mailboxesDir ];
         };
+  }
+  # Reads only (the counters, the mailboxes' file names) and writes one file: the metrics for
+  # the node exporter's textfile collector, renamed into place so a scrape never sees half.
+  // optionalAttrs metrics {
+    chatmail-metrics = {
+      description = "chatmail metrics for the node exporter's textfile collector";
+      after = [ "network.target" ];
+      serviceConfig =
+        hardening
+        // noNetwork
+        // counting
+        // {
+          Type = "oneshot";
+          ProtectHome = "tmpfs";
+          BindReadOnlyPaths = [ paths.mailboxesDir ];
+          ExecStart = [
+            (exe "chatmail")
+            "--config"
+            paths.chatmailIni
+            "metrics"
+            "--textfile"
+            textfileDir
+          ];
+        }
+        # A textfile directory of the operator's own: made for the mail user by tmpfiles.
+        // optionalAttrs (textfileDir != paths.metricsDir) { ReadWritePaths = [ textfileDir ]; };
+      timerConfig = {
+        OnBootSec = "1min";
+        OnUnitActiveSec = paths.metricsInterval;
+        AccuracySec = "5s";
+      };
+    };
   }
   # The TURN secret is made once, readable by coturn's group only; chatmail-metadata gets it
   # as a credential.
@@ -376,7 +433,23 @@ in
     "d ${paths.mailboxesDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
     # LMTP compiles the dedupe Sieve script (./dedupe.sieve) into here on first use.
     "d ${paths.sieveBinDir} 0700 ${paths.vmailUser} ${paths.vmailUser} - -"
-  ];
+  ]
+  ++ optional (
+    metrics && textfileDir != paths.metricsDir
+  ) "d ${textfileDir} 0755 ${paths.vmailUser} ${paths.vmailUser} - -";
+
+  # The node exporter reads the textfile; only on loopback unless the operator says otherwise
+  # (NixOS: these are mkDefault).
+  nodeExporter =
+    if metrics then
+      {
+        enabledCollectors = [ "textfile" ];
+        extraFlags = [ "--collector.textfile.directory=${textfileDir}" ];
+        listenAddress = "127.0.0.1";
+        port = 9100;
+      }
+    else
+      null;
 
   # Start-up order between the relay's services:
   #   certificate unit -> Postfix, Dovecot, nginx

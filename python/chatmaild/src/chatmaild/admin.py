@@ -5,7 +5,9 @@ One command with subcommands, reading the same chatmail.ini as the daemons:
 * ``chatmail dns`` prints the DNS zone the relay needs; ``--check`` compares
   it with what the resolver returns;
 * ``chatmail status`` shows units, queue, certificate, storage and switches;
-* ``chatmail accounts`` lists, deletes, blocks and unblocks accounts.
+* ``chatmail accounts`` lists, deletes, blocks and unblocks accounts;
+* ``chatmail metrics`` prints the relay's Prometheus metrics, or writes them
+  for the node exporter's textfile collector (a timer does so on NixOS).
 
 Exit status, for scripts: 0 all is well, 1 a check found a problem (a
 record missing, a unit down, no such account), 2 the command line or the
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import accounts, dnszone, status
+from . import accounts, dnszone, metrics, status
 from .cli import DEFAULT_CONFIG, Runner, run_command
 from .config import Config, ConfigError, read_config
 from .fsreport import human_size
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line; every subcommand has its own --help."""
     parser = argparse.ArgumentParser(
         prog="chatmail",
-        description="Look after a chatmail relay: its DNS zone, its health and its accounts.",
+        description="Look after a chatmail relay: its DNS zone, its health, its accounts and its metrics.",
         epilog="Exit status: 0 all is well, 1 a check found a problem, 2 usage or configuration error.",
     )
     _add_common(parser, top=True)
@@ -156,6 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument(
                 "--yes", action="store_true", help="do not ask (required when not on a terminal)"
             )
+
+    met = sub.add_parser(
+        "metrics",
+        help="print the relay's Prometheus metrics, or write them for the node exporter",
+        description="Add up the daemons' event counters (deliveries accepted, refusals by SMTP code, "
+        "accounts created, pushes, expiry removals) from metrics_dir and measure the mailboxes "
+        "(accounts, messages and bytes stored, pushes waiting); print the Prometheus text format. "
+        "No address or other private data is part of any metric.",
+    )
+    _add_common(met, top=False)
+    met.add_argument(
+        "--textfile",
+        type=Path,
+        metavar="PATH",
+        help=f"write to PATH atomically instead of printing (a directory gets {metrics.TEXTFILE_NAME}); "
+        "for the node exporter's textfile collector",
+    )
     return parser
 
 
@@ -295,6 +314,29 @@ def cmd_accounts(config: Config, args: argparse.Namespace, out: TextIO, stdin: T
         return EXIT_PROBLEM
 
 
+# --- metrics -----------------------------------------------------------------
+
+
+def cmd_metrics(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from .fsreport import write_atomic
+    from .metadata import QUEUE_DIR
+
+    if config.metrics_dir is None:
+        log.warning("metrics_dir is not set in %s: only the measured gauges, no counters", config.path)
+    values = metrics.collect(config.metrics_dir, config.mailboxes_dir, config.mailboxes_dir / QUEUE_DIR)
+    text = metrics.render(values)
+    if args.textfile is None:
+        out.write(text)
+        return EXIT_OK
+    path = args.textfile / metrics.TEXTFILE_NAME if args.textfile.is_dir() else args.textfile
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        log.error("cannot write %s: %s", path, exc)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
 # --- main ----------------------------------------------------------------------
 
 
@@ -337,6 +379,8 @@ def main(
             return cmd_dns(config, args, out, runner, resolve, acme_accounts)
         if args.command == "status":
             return cmd_status(config, args, out, runner)
+        if args.command == "metrics":
+            return cmd_metrics(config, args, out)
         return cmd_accounts(config, args, out, stdin)
     except (ConfigError, UsageError, dnszone.ZoneError) as exc:
         print(f"chatmail {args.command}: {exc}", file=sys.stderr)

@@ -242,6 +242,8 @@ class Config:
     """The DKIM selector, for ``chatmail dns`` (the key is ``<selector>._domainkey.<domain>``)."""
     dkim_key_file: Path
     """The DKIM private key OpenDKIM signs with, for ``chatmail dns``."""
+    metrics_dir: Path | None
+    """Where each daemon keeps its event counters for ``chatmail metrics`` (None: nothing is counted)."""
 
     unused_keys: tuple[str, ...] = dataclasses.field(default=(), metadata={"key": False})
     """Keys present in the file that no setting consumes (warned about)."""

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from . import metrics
 from .blocklist import Blocklist
 from .cli import parse_args_and_config, run_daemon
 from .config import Config
@@ -125,10 +126,15 @@ class AccountStore:
     """
 
     def __init__(
-        self, config: Config, resource_gate: Callable[[Config], Decision] = sufficient_resources
+        self,
+        config: Config,
+        resource_gate: Callable[[Config], Decision] = sufficient_resources,
+        counters: metrics.Counters | None = None,
     ) -> None:
         self.config = config
         self.resource_gate = resource_gate
+        # Accounts created, for `chatmail metrics` (chatmaild.metrics).
+        self.counters = counters or metrics.Counters.for_source(config.metrics_dir, "doveauth")
         self.blocklist = Blocklist(config.blocklist_file)
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
@@ -192,6 +198,7 @@ class AccountStore:
             password_hash = HASH_SCHEME_PREFIX + hash_password(password)
             user.set_password(password_hash)
         log.info("Created address: %s", addr)
+        self.counters.inc("chatmail_accounts_created_total")
         return password_hash
 
     @contextlib.asynccontextmanager
@@ -441,11 +448,15 @@ def parse_listen(text: str) -> tuple[str, int]:
 async def serve(config: Config, host: str, port: int, token_file: Path) -> None:
     """Write the token, bind, and serve until cancelled."""
     token = write_token_file(token_file)
-    server = await DoveauthServer(AccountStore(config), token).start(host, port)
+    store = AccountStore(config)
+    server = await DoveauthServer(store, token).start(host, port)
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     log.info("doveauth listening on %s:%s", bound_host, bound_port)
-    async with server:
-        await server.serve_forever()
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        store.counters.close()
 
 
 def main(argv: list[str] | None = None) -> int:

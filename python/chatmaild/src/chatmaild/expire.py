@@ -604,7 +604,29 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
         progress_every=args.progress_every,
     )
     print(format_summary(stats, remove=args.remove, seconds=time.monotonic() - started))
+    if args.remove:
+        count_removals(config, stats)
     return 0
+
+
+def count_removals(config: Config, stats: ExpireStats, now: float | None = None) -> None:
+    """Add what a run removed to the expiry's counters (``expire`` in ``metrics_dir``).
+
+    A failure to count is logged: the removals happened, and the job did its work.
+    """
+    from . import metrics
+
+    counters = metrics.Counters.for_source(config.metrics_dir, "expire", write_behind=False)
+    name = "chatmail_expired_messages_total"
+    counters.inc(name, stats.files_removed - stats.quota_files_removed, reason="retention")
+    counters.inc(name, stats.quota_files_removed, reason="quota")
+    counters.inc("chatmail_expired_accounts_total", stats.accounts_removed)
+    counters.inc("chatmail_expired_bytes_total", stats.bytes_removed + stats.account_bytes_removed)
+    counters.set("chatmail_expire_last_run_timestamp_seconds", time.time() if now is None else now)
+    try:
+        counters.add_to_file()
+    except (OSError, TimeoutError) as exc:
+        log.warning("cannot add the removals to the metrics in %s: %s", config.metrics_dir, exc)
 
 
 # --- the quota-warning hook ----------------------------------------------

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
-from . import mimecheck
+from . import metrics, mimecheck
 from .cli import parse_args_and_config, run_daemon
 from .config import Config
 from .logsetup import add_verbose_flag
@@ -165,6 +165,9 @@ class ParameterTolerantSMTP(SMTP):
             self._writer.close()
             raise
         if refusal is not None:
+            count = getattr(self.event_handler, "count_reply", None)  # FilterHandler counts refusals
+            if count is not None:
+                count(refusal)
             await self.push(refusal)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
@@ -411,7 +414,9 @@ class ReinjectPool:
 class FilterHandler:
     """aiosmtpd handler: check each message and reinject the accepted ones.
 
-    ``ratelimiter`` and ``dkim`` can be injected by tests. Incoming mode
+    ``ratelimiter``, ``dkim`` and ``counters`` can be injected by tests;
+    by default the counters go to ``filtermail-<mode>`` in ``metrics_dir``
+    (:mod:`chatmaild.metrics`). Incoming mode
     verifies DKIM unless ``CHATMAIL_SKIP_DKIM=1`` is in the environment;
     there is deliberately no configuration key for that, so a relay
     cannot be configured into accepting forged senders.
@@ -423,11 +428,15 @@ class FilterHandler:
         mode: str,
         ratelimiter: RateLimiter | None = None,
         dkim: dkimcheck.DkimVerifier | None = None,
+        counters: metrics.Counters | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown filtermail mode {mode!r}: expected one of {', '.join(MODES)}")
         self.config = config
         self.mode = mode
+        if counters is None:
+            counters = metrics.Counters.for_source(config.metrics_dir, f"filtermail-{mode}")
+        self.counters = counters
         self.reinject_port = (
             config.postfix_reinject_port if mode == "outgoing" else config.postfix_reinject_port_incoming
         )
@@ -469,12 +478,14 @@ class FilterHandler:
         # empty mail_from as "no MAIL command yet"); handle_DATA maps it to "".
         if self.mode == "outgoing":
             if address.count("@") != 1:
-                return f"500 Invalid from address <{address}>"
+                return self.count_reply(f"500 Invalid from address <{address}>")
             # Counted at MAIL FROM, before the body is sent, so a flood costs us no DATA.
             until = self.ratelimiter.check(address.lower())
             if until is not None:
                 log.info("outgoing: rate limited a sender until %s", format_until(until))
-                return f"450 4.7.1: Too much mail from {address}, rate limited until {format_until(until)}"
+                return self.count_reply(
+                    f"450 4.7.1: Too much mail from {address}, rate limited until {format_until(until)}"
+                )
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -490,16 +501,33 @@ class FilterHandler:
             session_client_address(session),
         )
 
+    def count_reply(self, reply: str) -> str:
+        """Count the final reply to a message (or a refusal at MAIL FROM) and return it.
+
+        250 counts one accepted delivery, a 4xx or 5xx one refusal under its
+        code; a MAIL FROM is counted only when it is refused.
+        """
+        if reply.startswith("250"):
+            self.counters.inc("chatmail_deliveries_accepted_total", direction=self.mode)
+        else:
+            code = metrics.reply_code(reply)
+            if code is not None:
+                self.counters.inc("chatmail_refusals_total", direction=self.mode, code=code)
+        return reply
+
     async def process(
         self, mail_from: str, rcpt_tos: list[str], data: bytes, client_address: str | None = None
     ) -> str:
         """Check one message and reinject it if accepted; return the SMTP reply line.
 
         Shared by the SMTP server and the HTTP receiver, so both apply the
-        very same rules. ``mail_from`` is ``""`` for the null sender;
-        ``client_address`` is the sending client's IP address where there is
-        one (XFORWARD), None over HTTPS.
+        very same rules, and both are counted here. ``mail_from`` is ``""``
+        for the null sender; ``client_address`` is the sending client's IP
+        address where there is one (XFORWARD), None over HTTPS.
         """
+        return self.count_reply(await self._process(mail_from, rcpt_tos, data, client_address))
+
+    async def _process(self, mail_from: str, rcpt_tos: list[str], data: bytes, client_address: str | None) -> str:
         loop = asyncio.get_running_loop()
         verdict, prepared = await loop.run_in_executor(
             self.executor, self.judge_and_prepare, mail_from, rcpt_tos, data
@@ -646,7 +674,7 @@ class FilterHandler:
     async def handle_exception(self, error: Exception) -> str:
         # A bug here must defer mail (the sender retries), never bounce it.
         log.exception("%s: internal error", self.mode, exc_info=error)
-        return "451 4.3.0 Internal error in the mail filter, try again later"
+        return self.count_reply("451 4.3.0 Internal error in the mail filter, try again later")
 
 
 POSTFIX_PROXY_FAILURE_TEXT = "queue file write error"
@@ -703,6 +731,7 @@ async def serve(config: Config, mode: str) -> None:
         if http_runner is not None:
             await http_runner.cleanup()
         await handler.close_reinjections()
+        handler.counters.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import appversions
+from . import appversions, metrics
 from .cli import add_socket_arguments, parse_args_and_config, run_daemon
 from .config import Config
 from .dictproxy import DictProxy, SetRefused
@@ -239,12 +239,16 @@ class MetadataDictProxy(DictProxy):
 async def serve(config: Config, socket_path: Path) -> None:
     """Resume queued notifications and serve the metadata dict until cancelled."""
     metadata = Metadata(config.mailboxes_dir)
-    notifier = Notifier(config.mailboxes_dir / QUEUE_DIR, config.notification_url, metadata.remove_token)
+    counters = metrics.Counters.for_source(config.metrics_dir, "metadata")
+    notifier = Notifier(
+        config.mailboxes_dir / QUEUE_DIR, config.notification_url, metadata.remove_token, counters=counters
+    )
     await notifier.start()
     try:
         await MetadataDictProxy(config, metadata, notifier).serve_forever(socket_path)
     finally:
         await notifier.stop()
+        counters.close()
 
 
 def main(argv: list[str] | None = None) -> int:

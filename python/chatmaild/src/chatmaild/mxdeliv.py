@@ -68,21 +68,21 @@ async def deliver(request: web.Request) -> web.Response:
         async with asyncio.timeout(READ_TIMEOUT_SECONDS):
             data = await _read_body(request, handler.config.max_message_size)
     except TimeoutError:
-        return _text(408, REPLY_READ_TIMEOUT)
+        return _text(408, handler.count_reply(REPLY_READ_TIMEOUT))
     except (ConnectionError, http_exceptions.HttpProcessingError):
         # A sender that hangs up mid-upload is routine (its relay retries);
         # one line, not a traceback per attempt, keeps the log readable.
         log.info("delivery aborted by the client before the end of the message")
-        response = _text(400, REPLY_ABORTED)
+        response = _text(400, handler.count_reply(REPLY_ABORTED))
         response.force_close()
         return response
     if data is None:
         # The connection cannot be reused: the rest of the body was never read.
-        response = _text(413, REPLY_TOO_BIG)
+        response = _text(413, handler.count_reply(REPLY_TOO_BIG))
         response.force_close()
         return response
     if not rcpt_tos:
-        return _text(400, REPLY_NO_RECIPIENT)
+        return _text(400, handler.count_reply(REPLY_NO_RECIPIENT))
     try:
         # No client address: an IP-literal sender cannot be verified over HTTPS.
         reply = await handler.process(mail_from, rcpt_tos, data, client_address=None)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
+from . import metrics
 from .filedict import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class Notifier:
 
     ``now`` and ``sleep`` are injectable so tests can run the retry schedule
     without waiting. ``drop_token(addr, token)`` is called when the proxy
-    says a token is dead.
+    says a token is dead. ``counters`` counts notifications queued, sent,
+    failed and dropped (:mod:`chatmaild.metrics`; default: in memory only).
     """
 
     def __init__(
@@ -96,7 +98,9 @@ class Notifier:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         max_in_flight: int = MAX_IN_FLIGHT,
         timeout: float = REQUEST_TIMEOUT_SECONDS,
+        counters: metrics.Counters | None = None,
     ) -> None:
+        self.counters = counters or metrics.Counters(None)
         self.queue_dir = Path(queue_dir)
         self.url = url
         self.drop_token = drop_token
@@ -155,6 +159,7 @@ class Notifier:
         path = self.queue_dir / uuid.uuid4().hex
         item = QueueItem(path, addr, int(self.now()), token)
         write_bytes_atomic(path, item.serialize(), fsync=True)
+        self.counters.inc("chatmail_pushes_queued_total")
         self._spawn(item)
 
     def _spawn(self, item: QueueItem) -> None:
@@ -178,6 +183,7 @@ class Notifier:
                     return
             log.error("notification for %s exceeded its deadline, dropped", item.addr)
             item.path.unlink(missing_ok=True)
+            self.counters.inc("chatmail_pushes_dropped_total", outcome="deadline")
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -193,12 +199,16 @@ class Notifier:
                     status = response.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("notification request for %s failed: %s", item.addr, type(exc).__name__)
+                self.counters.inc("chatmail_push_attempts_failed_total")
                 return False
         if status == 200:
+            self.counters.inc("chatmail_pushes_sent_total")
             return True
         if status == 410:
             log.info("notification proxy reports a dead device token of %s; removing it", item.addr)
             self.drop_token(item.addr, item.token)
+            self.counters.inc("chatmail_pushes_dropped_total", outcome="dead_token")
             return True
         log.warning("notification request for %s failed with HTTP %s", item.addr, status)
+        self.counters.inc("chatmail_push_attempts_failed_total")
         return False
