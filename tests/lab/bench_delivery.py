@@ -332,7 +332,10 @@ def trace(entries: list[tuple[float, str, str]]) -> tuple[dict[str, dict], list[
                 steps[by_qid[qid]][kind] = ts
                 if d := DELAYS.search(rest):
                     steps[by_qid[qid]][kind + "_delays"] = tuple(map(float, d.groups()))
-        elif "saved mail to" in msg and (m2 := re.search(r"msgid=<([^>]*)>", msg)):
+        # LMTP's line once the message is in the maildir: "saved mail to INBOX" without a
+        # Sieve script, "stored mail into mailbox 'INBOX'" after dedupe.sieve's implicit keep.
+        elif ("saved mail to" in msg or "stored mail into mailbox" in msg) \
+                and (m2 := re.search(r"msgid=<([^>]*)>", msg)):
             steps.setdefault(m2.group(1), {})["saved"] = ts
     return steps, mails
 

@@ -18,7 +18,8 @@ SENDER = [
 ]
 RECEIVER = [
     (1.020, "postfix/cleanup", f"0369314A271: message-id=<{MID}>"),
-    (1.045, "dovecot", f"lmtp(alice@relay1.test)<592><RbmA>: msgid=<{MID}>: saved mail to INBOX"),
+    (1.045, "dovecot", f"lmtp(alice@relay1.test)<592><RbmA>: sieve: msgid=<{MID}>: stored mail into mailbox "
+                       "'INBOX'"),
     (1.046, "postfix/lmtp", "0369314A271: to=<alice@relay1.test>, relay=relay1.test[private/dovecot-lmtp], "
                             "delay=0.04, delays=0.01/0/0.01/0.01, dsn=2.0.0, status=sent (250 2.0.0 Saved)"),
 ]
@@ -41,6 +42,12 @@ def test_a_relays_journal_gives_each_message_id_its_queue_relay_and_delivery_tim
     assert mails == []
     assert steps[MID] == {"queued": 1.020, "saved": 1.045, "delivered": 1.046,
                           "delivered_delays": (0.01, 0.0, 0.01, 0.01)}
+
+
+def test_the_save_is_also_read_from_lmtps_line_without_a_sieve_script():
+    line = (1.045, "dovecot", f"lmtp(alice@relay1.test)<592><RbmA>: msgid=<{MID}>: saved mail to INBOX")
+    steps, _ = bd.trace([line])
+    assert steps[MID] == {"saved": 1.045}
 
 
 def test_message_ids_are_read_from_the_cores_message_info():
