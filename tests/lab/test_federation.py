@@ -6,7 +6,7 @@ import secrets
 import subprocess
 import sys
 
-from conftest import HERE, labmod, relay_file, wait_for_journal
+from conftest import HERE, journal, labmod, relay_file, wait_for_journal
 
 # relay1's mailboxes directory (tests/lab/relay.nix paths)
 MAILBOXES = labmod.paths("relay1")["mailboxesDir"]
@@ -38,6 +38,8 @@ def test_encrypted_mail_crosses_from_relay1_to_relay2_over_verified_tls(client, 
     assert got["ok"], got
     assert "multipart/encrypted" in got["message"]
     assert "Subject: [...]" in got["message"], "the outgoing relay hides the subject"
+    # ... and does not write it into its log either (a Postfix REPLACE would log it).
+    assert not [line for line in journal("relay1", labmod.paths()["postfixUnit"]) if f"encrypted {sent['token']}" in line]
     line = wait_for_journal("relay1", labmod.paths()["postfixUnit"], "Verified TLS connection established to relay2.test")
     print(f"{alice} -> {bob}: delivered, encrypted, subject hidden\n  relay1: {line.split(': ', 1)[1]}")
 

@@ -12,6 +12,7 @@ from aiosmtpd.smtp import SMTP
 from conftest import DOMAIN
 
 from chatmaild.dkimcheck import DkimVerifier
+from chatmaild import filtermail
 from chatmaild.filtermail import FilterHandler, main, make_smtp_factory
 from chatmaild.ratelimit import RateLimiter
 
@@ -125,12 +126,14 @@ def run_filter(make_config, dkim_domains) -> Callable[..., None]:
     return run
 
 
-def test_outgoing_encrypted_mail_is_reinjected_byte_for_byte(run_filter, mails):
+def test_outgoing_encrypted_mail_is_reinjected_byte_for_byte_but_for_its_subject(run_filter, mails):
     data = mails.make("encrypted", from_addr=SENDER, to_addr=RECIPIENT)
+    assert b"\r\nSubject: ...\r\n" in data
+    hidden = data.replace(b"\r\nSubject: ...\r\n", b"\r\nSubject: [...]\r\n")
 
     async def scenario(relay: Relay) -> None:
         assert await relay.send(SENDER, [RECIPIENT, "other@example.net"], data) == (250, "OK")
-        assert relay.postfix.received == [Received(SENDER, [RECIPIENT, "other@example.net"], data)]
+        assert relay.postfix.received == [Received(SENDER, [RECIPIENT, "other@example.net"], hidden)]
 
     run_filter("outgoing", scenario)
 
@@ -807,7 +810,8 @@ def test_a_second_session_is_served_while_a_message_is_being_checked(run_filter,
         assert not first.done(), "the held check must still be running"
         release.set()
         assert await first == (250, "OK")
-        assert [r.data for r in relay.postfix.received] == [other, held]
+        assert [r.data for r in relay.postfix.received] == [filtermail.hide_subject(other),
+                                                            filtermail.hide_subject(held)]
 
     try:
         run_filter("outgoing", scenario)
@@ -895,3 +899,20 @@ def test_outgoing_cleartext_to_a_passthrough_recipient_is_reinjected_and_to_othe
         assert [r.rcpt_tos for r in relay.postfix.received] == [[contact]]
 
     run_filter("outgoing", scenario, passthrough_recipients=contact)
+
+
+def test_every_subject_field_of_the_header_is_hidden_folded_lines_and_all():
+    message = (b"From: <a@x.org>\r\nsubject: one\r\n  folded on\r\n\tand on\r\nTo: <b@y.org>\r\n"
+               b"SUBJECT : two\r\n\r\nSubject: in the body\r\n\r\nSubject: still body\r\n")
+    assert filtermail.hide_subject(message) == (
+        b"From: <a@x.org>\r\nSubject: [...]\r\nTo: <b@y.org>\r\nSubject: [...]\r\n\r\n"
+        b"Subject: in the body\r\n\r\nSubject: still body\r\n")
+
+
+def test_a_message_without_a_subject_or_without_a_body_keeps_its_bytes():
+    for message in (b"From: <a@x.org>\r\nTo: <b@y.org>\r\n\r\nSubject: body\r\n",
+                    b"From: <a@x.org>\nX-Subject: no\n\nbody\n", b"", b"\r\n\r\nSubject: body"):
+        assert filtermail.hide_subject(message) == message
+    assert filtermail.hide_subject(b"Subject: only a header") == b"Subject: [...]"
+    assert filtermail.hide_subject(b"From: a\nSubject: bare LF\n\nSubject: x\n") == (
+        b"From: a\nSubject: [...]\n\nSubject: x\n")

@@ -187,13 +187,13 @@ in
     login_map = ''
       /^(.*)$/ ''${1}
     '';
-    # Nothing about the sender's client, software or subject leaves the relay.
+    # Nothing about the sender's client or software leaves the relay. (filtermail replaces
+    # the Subject: a REPLACE here would log the original subject; IGNORE logs nothing.)
     submission_header_cleanup = ''
       /^Received:/ IGNORE
       /^X-Originating-IP:/ IGNORE
       /^X-Mailer:/ IGNORE
       /^User-Agent:/ IGNORE
-      /^Subject:/ REPLACE Subject: [...]
     '';
     lmtp_header_cleanup = ''
       /^DKIM-Signature:/ IGNORE

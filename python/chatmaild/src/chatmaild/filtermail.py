@@ -3,7 +3,8 @@
 Postfix hands every message to this SMTP server (``smtpd_proxy_filter``)
 before it accepts it, so a refusal here reaches the sending client directly
 and no bounce is ever generated for it. Accepted messages are passed back to
-a second Postfix listener ("reinjection") byte for byte.
+a second Postfix listener ("reinjection") byte for byte, except that
+outgoing mail's ``Subject:`` becomes ``[...]`` (:func:`hide_subject`).
 
 Two modes, one process each:
 
@@ -77,6 +78,25 @@ XFORWARD_ATTRIBUTES = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT
 """The attributes of Postfix's XFORWARD command (XFORWARD_README); only ADDR is used."""
 EHLO_XFORWARD = "250-XFORWARD ADDR"
 _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
+# A Subject header field with its folded continuation lines (RFC 5322 2.2.3).
+_SUBJECT_FIELD = re.compile(rb"^subject[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def hide_subject(data: bytes) -> bytes:
+    """The message with every ``Subject:`` field of its header replaced by ``Subject: [...]``.
+
+    Nothing about what a user writes leaves the relay; encrypting clients
+    put the real subject inside the encrypted part anyway. Done here and not
+    with a Postfix header_checks REPLACE, because Postfix logs every REPLACE
+    with the original header: the subject would land in the relay's log.
+    Only the header is touched (up to the first empty line), with searches
+    in C whatever its size.
+    """
+    end = _HEADER_END.search(data)
+    header_end = end.start() if end is not None else len(data)
+    header = _SUBJECT_FIELD.sub(b"Subject: [...]", data[:header_end])
+    return header + data[header_end:]
 
 
 class ParameterTolerantSMTP(SMTP):
@@ -541,6 +561,8 @@ class FilterHandler:
                 return refusal
         # Accepted mail is not logged with its sender: the relay keeps no record of who writes.
         log.debug("%s: passing %s mail", self.mode, verdict.kind)
+        if self.mode == "outgoing":
+            data = hide_subject(data)
         return await self.reinject(verdict.reinject_from, rcpt_tos, data)
 
     def judge_and_prepare(
@@ -614,7 +636,7 @@ class FilterHandler:
         return user.exists() and user.is_incoming_cleartext_ok()
 
     async def reinject(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> str:
-        """Hand the unchanged bytes back to Postfix; return the reply for our client.
+        """Hand the message back to Postfix; return the reply for our client.
 
         The reply is returned the moment Postfix has queued the message: a
         connection whose transaction went well goes back to the pool (no QUIT
