@@ -66,7 +66,7 @@ class _DomReader(HTMLParser):
             self.page.viewport = a.get("content")
         elif tag == "a" and "href" in a:
             self.page.links.append(a["href"])
-        elif tag == "link" and "stylesheet" in a.get("rel", "").split():
+        elif tag == "link" and {"stylesheet", "icon"} & set(a.get("rel", "").split()):
             self.page.loads.append((tag, "href", a.get("href", "")))
         elif tag in ("img", "script", "iframe", "source", "video", "audio") and "src" in a:
             self.page.loads.append((tag, "src", a["src"]))

@@ -145,10 +145,17 @@ def test_an_operators_own_files_replace_the_relays_by_name_and_add_to_them(lab, 
     assert info.pixel(info.width - 3, info.height // 2) == (0xFB, 0xF3, 0xE1)
 
 
-def test_the_web_server_keeps_no_access_log(lab, client, rendered):
-    """As the privacy page says: after every page was fetched over HTTPS (`rendered`) and
-    one over port 80, no relay has logged a request."""
+def test_a_visit_leaves_no_trace_in_the_web_servers_logs(lab, client, rendered):
+    """As the privacy page says: after every page was fetched in a browser (`rendered`),
+    one over port 80 and a missing one, no relay has logged a request, and its error log
+    names no file of the site (a browser's /favicon.ico used to be a line with the
+    visitor's address in it)."""
     assert client("http", "GET", "http://relay1.test/info.html")["status"] == 301
+    assert client("http", "GET", "https://relay1.test/no-such-page.html")["status"] == 404
     for relay in RELAYS:
-        log = relay_file(relay, "/var/log/nginx/access.log")
-        assert not log.exists() or log.stat().st_size == 0, f"{relay}: {log.read_text()[:300]}"
+        access = relay_file(relay, "/var/log/nginx/access.log")
+        assert not access.exists() or access.stat().st_size == 0, f"{relay}: {access.read_text()[:300]}"
+        error = relay_file(relay, "/var/log/nginx/error.log")
+        site = labmod.paths(relay)["wwwFiles"] + "/site"
+        lines = [line for line in (error.read_text().splitlines() if error.exists() else []) if site in line]
+        assert not lines, f"{relay}: {lines[:3]}"

@@ -50,11 +50,12 @@ def test_every_page_has_a_title_naming_the_relay_a_language_and_a_phone_viewport
         assert page.viewport == "width=device-width, initial-scale=1", name
 
 
-def test_every_page_links_the_other_pages_and_loads_only_the_shared_style_sheet():
+def test_every_page_links_the_other_pages_and_loads_only_the_shared_style_sheet_and_icon():
     for name, page in pages().items():
         assert set(PAGES.values()) - {PAGES[name]} <= set(page.links), name
         assert page.scripts == 0, name
-        assert [load for load in page.loads if load[0] != "img"] == [("link", "href", "/style.css")], name
+        assert [load for load in page.loads if load[0] != "img"] == [
+            ("link", "href", "/favicon.svg"), ("link", "href", "/style.css")], name
 
 
 def test_the_style_sheet_has_a_dark_variant_and_the_qr_code_stays_dark_on_white():
@@ -112,6 +113,9 @@ def test_the_site_is_served_from_its_own_directory_without_an_access_log():
     nginx = evaluate()
     site = nginx["locations"]["/"]["extraConfig"]
     assert "root /etc/chatmail/www/site;" in site and "index index.html;" in site
+    # A missing file (a browser's /favicon.ico) puts no visitor's address into the error log.
+    assert "log_not_found off;" in site
+    assert "favicon.svg" in nginx["pages"]
     assert "access_log off;" in nginx["httpConfig"]
     # The relay's own files keep their fixed locations outside the operator's reach.
     assert "site/" not in nginx["locations"]["= /robots.txt"]["alias"]

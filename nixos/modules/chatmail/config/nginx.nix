@@ -27,8 +27,8 @@
 #   extraConfig   the relay's server block beyond its locations (HSTS)
 #   files         name -> text of the files the relay itself needs (autoconfig, MTA-STS
 #                 policy, robots.txt), each served at its own fixed location
-#   pages         name -> text of the web site (./www.nix: the pages and their style
-#                 sheet), served from wwwFiles/site/ at the site's root. An operator's own
+#   pages         name -> text of the web site (./www.nix: the pages, their style sheet
+#                 and icon), served from wwwFiles/site/ at the site's root. An operator's own
 #                 files (services.chatmail.www.source) are copied over them there: a file of
 #                 the same name replaces the relay's, any other is served beside them
 #   qrText        the invite the index page shows; whoever serves `files` also puts a QR
@@ -118,12 +118,14 @@ let
   };
   # The web site: static files from site/, "/" answered by its index.html (nginx's index
   # module). No try_files, which gixy flags without open_file_cache (try_files_is_evil_too);
-  # a missing file is nginx's plain 404.
+  # a missing file is nginx's plain 404, and not worth an error log line with the visitor's
+  # address in it.
   site = {
     extraConfig = ''
       root ${paths.wwwFiles}/site;
       index index.html;
       charset utf-8;
+      log_not_found off;
     '';
   };
 in

@@ -1,5 +1,5 @@
-# The relay's web site, as data (builtins only): file name -> text of each page and of the
-# style sheet they share.
+# The relay's web site, as data (builtins only): file name -> text of each page, of the
+# style sheet they share and of their icon.
 #
 #   settings  chatmail.ini keys (mail_domain, the retention, size and rate limits,
 #             notification_url, iroh_relay, passthrough_recipients, the privacy_* contacts)
@@ -120,6 +120,7 @@ let
     <meta name="color-scheme" content="light dark">
     <meta name="referrer" content="no-referrer">
     <title>${title}</title>
+    <link rel="icon" href="/favicon.svg" type="image/svg+xml">
     <link rel="stylesheet" href="/style.css">
     </head>
     <body>
@@ -220,9 +221,15 @@ let
     footer { margin-top: 3rem; padding-top: 1rem; padding-bottom: 2rem; border-top: 1px solid var(--line); color: var(--muted); font-size: 0.9rem; }
     footer p { margin: 0 0 0.5rem; }
   '';
+  # A speech bubble, so that browsers find an icon instead of asking for /favicon.ico (each
+  # miss would put the visitor's address into nginx's error log).
+  favicon = ''
+    <svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><path fill="#1c56c4" d="M6 4h20a4 4 0 0 1 4 4v12a4 4 0 0 1-4 4H14l-7 6v-6H6a4 4 0 0 1-4-4V8a4 4 0 0 1 4-4z"/><path fill="#fff" d="M9 12h14v2H9zm0 5h9v2H9z"/></svg>
+  '';
 in
 {
   "style.css" = style;
+  "favicon.svg" = favicon;
 
   "index.html" = page "index.html" "${name}: chatmail relay for Delta Chat" ''
     <h1>Chat privately with an address on ${name}</h1>
