@@ -172,7 +172,8 @@ def read_png(path: Path) -> Picture:
 
 def screenshot(url: str, path: Path, size: tuple[int, int], dark: bool = False) -> Path:
     """A screenshot (PNG) of the visible part of a page in a window of `size`, with the
-    reader's colour preference set to dark or light."""
+    reader's colour preference set to dark or light (what CSS's prefers-color-scheme sees;
+    Blink numbers it 0 for dark, 1 for light)."""
     path.unlink(missing_ok=True)
     chromium([f"--window-size={size[0]},{size[1]}", f"--blink-settings=preferredColorScheme={0 if dark else 1}",
               f"--screenshot={path}", url])

@@ -103,7 +103,7 @@ let
     {
       file = "privacy.html";
       href = "/privacy.html";
-      label = "Privacy policy";
+      label = "Privacy";
     }
   ];
   navLink =
@@ -344,10 +344,10 @@ in
     without a login.</dd>
     <dt>Your messages</dt>
     <dd>To deliver them to your devices. They are end-to-end encrypted; the server stores them
-    as it received them, with their sender and recipient addresses, date and size. Deleted
-    when your devices have fetched them, and at the latest ${days settings.delete_mails_after}
-    after they arrived (large ones ${days settings.delete_large_after} after they were
-    fetched).</dd>
+    as it received them, with their sender and recipient addresses, date and size. Delta Chat
+    normally deletes them once your devices have fetched them; the relay deletes them at the
+    latest ${days settings.delete_mails_after} after they arrived (large ones, once fetched,
+    ${days settings.delete_large_after} after they arrived).</dd>
     <dt>Messages on their way to other servers</dt>
     <dd>If another server cannot be reached, a message waits in the outgoing queue and is tried
     again, for at most ${queueLifetime}; then the sender is told it could not be delivered.</dd>
