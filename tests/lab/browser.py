@@ -10,9 +10,13 @@ decoded from them with zbar, the way a camera would read it off the screen.
 
 from __future__ import annotations
 
+import json
+import os
+import select
 import struct
 import subprocess
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -180,6 +184,106 @@ def screenshot(url: str, path: Path, size: tuple[int, int], dark: bool = False) 
     if not path.exists():
         raise AssertionError(f"Chromium wrote no screenshot of {url}")
     return path
+
+
+def on_phone(url: str, expression: str, size: tuple[int, int] = PHONE, timeout: float = 60):
+    """The value of a JavaScript expression on a page loaded as a phone shows it: Chromium's
+    mobile emulation, in which the page's viewport meta decides the layout width (without
+    one, a page is laid out 980 px wide and shrunk). Spoken over the DevTools protocol on a
+    pipe (--remote-debugging-pipe: Chromium reads commands on fd 3 and answers on fd 4,
+    each message JSON ending in a NUL byte)."""
+    to_chrome, from_us = os.pipe()
+    to_us, from_chrome = os.pipe()
+
+    def wire() -> None:  # in the child, before exec: the two pipe ends at fd 3 and 4
+        os.dup2(to_chrome, 3)
+        os.dup2(from_chrome, 4)
+
+    STATE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="chromium-", dir=STATE) as profile:
+        cmd = in_host(CLIENT, ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               "--ignore-certificate-errors", "--remote-debugging-pipe",
+                               f"--user-data-dir={profile}", "about:blank"])
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=wire, pass_fds=(3, 4))
+        os.close(to_chrome)
+        os.close(from_chrome)
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        ids = iter(range(1, 1000))
+
+        def receive() -> dict:
+            nonlocal buffer
+            while b"\0" not in buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"Chromium did not answer within {timeout} s on {url}")
+                if not select.select([to_us], [], [], min(left, 1))[0]:
+                    if proc.poll() is not None:
+                        raise AssertionError(f"Chromium exited ({proc.returncode}) on {url}")
+                    continue
+                chunk = os.read(to_us, 65536)
+                if not chunk:
+                    raise AssertionError(f"Chromium closed the pipe on {url}")
+                buffer += chunk
+            message, buffer = buffer.split(b"\0", 1)
+            return json.loads(message)
+
+        def call(method: str, params: dict | None = None, session: str | None = None) -> dict:
+            msg_id = next(ids)
+            msg = {"id": msg_id, "method": method, "params": params or {}}
+            if session:
+                msg["sessionId"] = session
+            os.write(from_us, json.dumps(msg).encode() + b"\0")
+            while True:
+                answer = receive()
+                if answer.get("id") == msg_id:
+                    if "error" in answer:
+                        raise AssertionError(f"{method}: {answer['error']}")
+                    return answer["result"]
+
+        try:
+            target = call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            call("Emulation.setDeviceMetricsOverride",
+                 {"width": size[0], "height": size[1], "deviceScaleFactor": 3, "mobile": True}, session)
+            call("Page.enable", {}, session)
+            call("Page.navigate", {"url": url}, session)
+            while True:
+                event = receive()
+                if event.get("method") == "Page.loadEventFired" and event.get("sessionId") == session:
+                    break
+            result = call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+            if "exceptionDetails" in result:
+                raise AssertionError(f"{expression!r} on {url}: {result['exceptionDetails']}")
+            return result["result"].get("value")
+        finally:
+            try:
+                os.write(from_us, json.dumps({"id": 0, "method": "Browser.close"}).encode() + b"\0")
+            except OSError:
+                pass
+            os.close(from_us)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            os.close(to_us)
+
+
+# What a phone reader meets on a page: the width the page is laid out at (a page without a
+# viewport meta gets 980 px), how wide its content is (wider: sideways scrolling), the body's
+# font size and the smallest font size of any text shown.
+PHONE_LAYOUT = """(() => {
+  let smallest = Infinity;
+  for (const el of document.body.querySelectorAll('*')) {
+    const shown = el.getClientRects().length > 0;
+    const text = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    if (shown && text) smallest = Math.min(smallest, parseFloat(getComputedStyle(el).fontSize));
+  }
+  return {layoutWidth: window.innerWidth, contentWidth: document.documentElement.scrollWidth,
+          bodyFont: parseFloat(getComputedStyle(document.body).fontSize), smallestFont: smallest};
+})()"""
 
 
 def qr_codes(path: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """The relays' web pages as a person sees them: rendered by headless Chromium on the client
-host at a phone's and a desktop's width, in light and dark mode, with the invite's QR code
-read back from the screenshot by zbar.
+host at a phone's and a desktop's width (and in its phone emulation), in light and dark
+mode, with the invite's QR code read back from the screenshot by zbar.
 
 Which pages there are comes from what each relay serves (the .html files of its site
 directory), not from a list here: relay1 and relay3 (no domain, self-signed) have the
@@ -55,6 +55,19 @@ def test_every_page_has_a_title_a_language_and_a_phone_viewport(rendered):
         assert page.title.strip(), f"{where}: no <title>"
         assert page.lang and len(page.lang) >= 2, f"{where}: <html> has no lang attribute"
         assert page.viewport and "width=device-width" in page.viewport, f"{where}: no phone viewport ({page.viewport!r})"
+
+
+def test_every_page_fits_a_phone_screen_without_sideways_scrolling_or_tiny_text(lab):
+    """In Chromium's phone emulation (390 px wide, the page's viewport meta honoured): the
+    page is laid out at the phone's width, nothing sticks out sideways, body text is at
+    least 16 px and no text is under 12 px."""
+    for relay in RELAYS:
+        for path in site_pages(relay):
+            seen = browser.on_phone(base(relay) + path, browser.PHONE_LAYOUT)
+            where = f"{base(relay)}{path}"
+            assert seen["layoutWidth"] == browser.PHONE[0], f"{where} is laid out {seen['layoutWidth']} px wide"
+            assert seen["contentWidth"] <= browser.PHONE[0], f"{where} scrolls sideways: {seen}"
+            assert seen["bodyFont"] >= 16 and seen["smallestFont"] >= 12, f"{where}: {seen}"
 
 
 def test_every_page_links_every_other_page_of_its_relay(rendered):
