@@ -54,7 +54,7 @@ def test_every_page_has_a_title_a_language_and_a_phone_viewport(rendered):
         where = f"{base(relay)}{path}"
         assert page.title.strip(), f"{where}: no <title>"
         assert page.lang and len(page.lang) >= 2, f"{where}: <html> has no lang attribute"
-        assert page.viewport and "width=device-width" in page.viewport, f"{where}: no phone viewport ({page.viewport!r})"
+        assert page.viewport and "width=device-width" in page.viewport, f"{where}: viewport {page.viewport!r}"
 
 
 def test_every_page_fits_a_phone_screen_without_sideways_scrolling_or_tiny_text(lab):

@@ -25,13 +25,14 @@ def evaluate(settings: dict | None = None, journal: dict | None = None, turn: bo
     """The lab relay's settings and paths (tests/lab/relay.nix) with changes, through
     config/nginx.nix as the NixOS module calls it."""
     journal_arg = "" if journal is None else f"journal = builtins.fromJSON {json.dumps(json.dumps(journal))};"
+    turn_file = "relay.paths.metadataTurnSecretFile" if turn else "null"
     expr = f"""
       let
         relay = import {ROOT}/tests/lab/relay.nix {{
           domain = "{DOMAIN}";
           settingsJSON = {json.dumps(json.dumps(settings or {}))};
         }};
-        paths = relay.paths // {{ metadataTurnSecretFile = {'relay.paths.metadataTurnSecretFile' if turn else 'null'}; }};
+        paths = relay.paths // {{ metadataTurnSecretFile = {turn_file}; }};
       in import {CONFIG}/nginx.nix {{ inherit (relay) settings; inherit paths; {journal_arg} }}
     """
     out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
@@ -77,14 +78,16 @@ def test_the_info_page_puts_the_settings_into_words():
                            "max_mailbox_size": "2G", "max_message_size": 52428800, "max_user_send_per_minute": 30,
                            "max_user_send_burst_size": 4})["info.html"].text
     for words in ["deleted 5 days after it arrived", "deleted 1 day after they arrived", "30 days",
-                  "Storage per address: 2 GiB", "attachments included: 50 MiB", "up to 4 messages at once, then 30 per minute"]:
+                  "Storage per address: 2 GiB", "attachments included: 50 MiB",
+                  "up to 4 messages at once, then 30 per minute"]:
         assert words in info, words
     assert "Unencrypted messages can only be sent to" not in info
 
 
 def test_the_privacy_page_shows_the_operators_contacts_escaped():
-    privacy = evaluate(settings={"privacy_mail": "privacy@example.org", "privacy_postal": "Example <Ltd> & Co, Main St 1",
-                                 "privacy_pdo": "", "privacy_supervisor": "The Data Authority"})["pages"]["privacy.html"]
+    contacts = {"privacy_mail": "privacy@example.org", "privacy_postal": "Example <Ltd> & Co, Main St 1",
+                "privacy_pdo": "", "privacy_supervisor": "The Data Authority"}
+    privacy = evaluate(settings=contacts)["pages"]["privacy.html"]
     assert "Example &lt;Ltd&gt; &amp; Co, Main St 1" in privacy and "<Ltd>" not in privacy
     page = browser.parse(privacy)
     assert "mailto:privacy@example.org" in page.links
