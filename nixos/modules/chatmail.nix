@@ -242,7 +242,25 @@ in
         MTA-STS policy, `/new` (account invites), `/mxdeliv` (relay-to-relay delivery) and
         port 80 (redirects and ACME challenges). Needed for `tls.mode = "acme"`. Your own
         virtual hosts keep working: HTTPS vhosts listen on
-        {option}`services.nginx.defaultSSLListenPort` (8443) behind the port-443 split.
+        {option}`services.nginx.defaultSSLListenPort` (8443) behind the port-443 split. nginx
+        keeps no access log (the relay's privacy page says so); a vhost of yours that wants
+        one sets its own `access_log`.
+      '';
+    };
+
+    www.source = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = literalExpression "./www";
+      description = ''
+        A directory of your own web pages, style sheet and images for the relay's site. Its
+        files are copied over the relay's own pages: one of the same name replaces the
+        relay's (`index.html`, `info.html`, `privacy.html`, `style.css`, which the pages
+        share), any other is served beside them. So `style.css` alone restyles the relay's
+        pages, and your own three pages replace them all. The invite's QR code stays at
+        `/qr-invite.svg` for your pages to show, and the relay's own endpoints (`/new`,
+        autoconfig, MTA-STS) cannot be replaced. The directory is copied into the Nix
+        store: keep nothing secret in it. `null`: the relay's pages only.
       '';
     };
 

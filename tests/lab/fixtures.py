@@ -23,6 +23,9 @@ PUSH_LOG = STATE / "push.jsonl"
 LAB_SETTINGS = {"notification_url": f"http://{CLIENT.ip}:{PUSH_PORT}/notify", "max_mailbox_size": "4M",
                 "appversions_file": "/etc/chatmail/appversions.json", "max_load_1m": 1000,
                 "passthrough_recipients": "privacy@relay2.test"}
+# The operator's own web files of services.chatmail.www.source, on relay2: its own index
+# page and style sheet over the relay's pages, and a file of its own beside them.
+WWW_SOURCE = {"relay2": HERE / "www-operator"}
 # An app-version index in the schema Delta Chat clients read (a sample, not real releases).
 APPVERSIONS = {"clients": [{"clientId": "deltachat", "sources": [{
     "sourceId": "lab", "versionInteger": 1, "versionString": "1.0.0",

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import tomllib
 from pathlib import Path
 
 import render
 import rootfs
 import units
-from fixtures import APPVERSIONS, LAB_SETTINGS
+from fixtures import APPVERSIONS, LAB_SETTINGS, WWW_SOURCE
 from hosts import DNS, Host, chroot_run, merged, run, write
 from pki import ACME_DIRECTORY
 
@@ -243,8 +244,17 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
     # nginx: the port-443 split, /new, /mxdeliv, autoconfig and MTA-STS, as NixOS lays it out.
     for name, text in cfg["nginx"]["files"].items():
         write(root, f"{paths['wwwFiles']}/{name}", text)
-    # The invite QR code, made from the same text as on NixOS (there: qrencode at build time).
-    chroot_run(relay, ["qrencode", "-t", "SVG", "-o", f"{paths['wwwFiles']}/qr-invite.svg", cfg["nginx"]["qrText"]])
+    # The web site in site/: the relay's pages, then the operator's files over them (NixOS:
+    # services.chatmail.www.source, copied the same way in common.nix).
+    site = f"{paths['wwwFiles']}/site"
+    for name, text in cfg["nginx"]["pages"].items():
+        write(root, f"{site}/{name}", text)
+    source = WWW_SOURCE.get(relay.name)
+    if source is not None:
+        shutil.copytree(source, root / site.lstrip("/"), dirs_exist_ok=True)
+    # The invite QR code, made from the same text and options as on NixOS (there: at build time).
+    chroot_run(relay, ["qrencode", "-t", "SVG", "--svg-path", "-o", f"{paths['wwwFiles']}/qr-invite.svg",
+                       cfg["nginx"]["qrText"]])
     write(root, paths["nginxConf"], render.nginx_conf(cfg["nginx"], relay.domain, paths["httpsPort"],
                                                       paths["tlsCert"], paths["tlsKey"], paths["acmeWebroot"]))
 

@@ -210,7 +210,6 @@ stream {{
 }}
 http {{
   include /etc/nginx/mime.types;
-  access_log off;
   server_tokens off;
 {_indent(HTTP_DEFAULTS + RECOMMENDED_PROXY_HTTP, 2)}
 {_indent([nginx["httpConfig"]], 2)}

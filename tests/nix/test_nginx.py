@@ -104,11 +104,16 @@ def test_the_lab_proxies_with_http_1_1_like_nixpkgs_recommended_proxy_settings()
     assert "proxy_request_buffering off;" in mxdeliv
 
 
-def test_the_site_sends_hsts_and_answers_404_outside_its_locations():
+def test_the_site_sends_hsts_and_serves_nothing_beyond_its_locations_but_the_site_directory():
     relay = evaluate()
     extra = relay["nginx"]["extraConfig"]
     assert re.search(r'add_header Strict-Transport-Security "max-age=\d+" always;', extra)
-    assert "location / {" in extra and "return 404;" in extra
+    # Everything that is not one of the relay's own locations comes from the web site's
+    # directory (a missing file: 404), never from anywhere else on the machine.
+    roots = re.findall(r"^\s*(?:root|alias) ([^;]+);", nginx_conf(relay), re.MULTILINE)
+    www = relay["paths"]["wwwFiles"]
+    assert roots and all(r.startswith(www + "/") or r == relay["paths"]["acmeWebroot"] for r in roots), roots
+    assert relay["nginx"]["locations"]["/"]["extraConfig"].startswith(f"root {www}/site;")
 
 
 def gixy() -> str:

@@ -19,6 +19,7 @@
     turn.enable = true;
     iroh.relayUrl = "https://iroh.example.org/";
     newAccounts = false;
+    www.source = ../lab/www-operator;
     settings.disable_ipv6 = true;
     metrics = {
       enable = true;

@@ -2,7 +2,8 @@
 # cleartext is refused with 523, IMAP METADATA round-trips through chatmail-metadata, a
 # delivery pushes the device token to a fake push proxy on the client node, a burst of
 # mail hits the send rate limit, the expiry timer is armed, the node exporter serves the
-# relay's metrics on loopback, the kill switch stops new accounts, and 443 is split by ALPN.
+# relay's metrics on loopback, the kill switch stops new accounts, 443 is split by ALPN, and
+# the web site carries the operator's own files.
 # Self-signed TLS: the relay's domain starts with "_" as such relays must.
 #
 #   nix build .#checks.x86_64-linux.features -L
@@ -55,6 +56,12 @@ in
         # Plain HTTP to the fake proxy: the test network has no notification service.
         settings.notification_url = "http://${nodes.client.networking.primaryIPAddress}:${toString pushPort}/notify";
         metrics.enable = true;
+        # The operator's own style sheet over the relay's pages, and a file of their own.
+        www.source = pkgs.runCommand "operator-www" { } ''
+          mkdir $out
+          echo 'body { background: #fbf3e1; }' > $out/style.css
+          echo 'Harbour Chat' > $out/about.txt
+        '';
       };
       specialisation.nocreate.configuration.services.chatmail.newAccounts = false;
     };
@@ -117,11 +124,14 @@ in
         relay.succeed("echo a1 LOGOUT | openssl s_client -connect 127.0.0.1:443 -alpn imap -quiet 2>/dev/null | grep -q '^\\* OK'")
         relay.succeed("curl -skf https://127.0.0.1/.well-known/autoconfig/mail/config-v1.1.xml | grep -q '<hostname>${domain}</hostname>'")
 
-    with subtest("web pages: index with the invite, info, privacy, QR code"):
+    with subtest("web pages: index with the invite, info, privacy, QR code, the operator's files"):
         relay.succeed("curl -skf https://127.0.0.1/ | grep -qF 'DCACCOUNT:https://${domain}/new'")
-        relay.succeed("curl -skf https://127.0.0.1/info.html | grep -qF 'only end-to-end encrypted'")
+        relay.succeed("curl -skf https://127.0.0.1/info.html | grep -qF 'must be end-to-end encrypted'")
         relay.succeed("curl -skf https://127.0.0.1/privacy.html | grep -qF 'has not filled this in'")
         relay.succeed("curl -skf https://127.0.0.1/qr-invite.svg | grep -qF '<svg'")
+        relay.succeed("curl -skf https://127.0.0.1/style.css | grep -qF 'background: #fbf3e1'")
+        relay.succeed("curl -skf https://127.0.0.1/about.txt | grep -qF 'Harbour Chat'")
+        relay.fail("test -s /var/log/nginx/access.log")
 
     with subtest("the expiry and report timers are armed"):
         relay.succeed("systemctl is-active chatmail-expire.timer chatmail-fsreport.timer")

@@ -92,9 +92,14 @@ in
         '';
       }
     ];
-    warnings = lib.optional (inStore cfg.tls.keyFile) ''
-      services.chatmail.tls.keyFile is in the Nix store, which every local user can read:
-      keep the private key outside the store.
-    '';
+    warnings =
+      lib.optional (inStore cfg.tls.keyFile) ''
+        services.chatmail.tls.keyFile is in the Nix store, which every local user can read:
+        keep the private key outside the store.
+      ''
+      ++ lib.optional (cfg.www.source != null && !cfg.nginx.enable) ''
+        services.chatmail.www.source is set, but services.chatmail.nginx.enable is false:
+        nothing serves the relay's web site. Enable nginx, or serve the pages yourself.
+      '';
   };
 }

@@ -55,12 +55,31 @@ rec {
 
   opendkim = import ./config/opendkim.nix { inherit settings paths; };
 
-  nginx = import ./config/nginx.nix { inherit settings paths; };
-  # The static files nginx serves (autoconfig, MTA-STS policy, robots.txt, web pages), and
-  # the QR code of the invite the index page shows.
+  nginx = import ./config/nginx.nix {
+    inherit settings paths;
+    journal = { inherit (cfg.journald) volatile maxRetention; };
+  };
+  # The QR code of the invite the index page shows. One SVG path, not a square per module:
+  # squares leave hairline seams between them when a browser scales the image, and scanners
+  # then fail to read it.
   qrInvite = pkgs.runCommand "qr-invite.svg" {
     nativeBuildInputs = [ pkgs.qrencode ];
-  } "qrencode -t SVG -o $out ${lib.escapeShellArg nginx.qrText}";
+  } "qrencode -t SVG --svg-path -o $out ${lib.escapeShellArg nginx.qrText}";
+  # The web site: the relay's pages, with the operator's files (services.chatmail.www.source)
+  # copied over them, so that one of the same name replaces the relay's.
+  wwwSite = pkgs.runCommand "chatmail-www-site" { } (
+    "mkdir $out\n"
+    + lib.concatStrings (
+      lib.mapAttrsToList (
+        name: text: "install -m 0644 ${pkgs.writeText name text} $out/${lib.escapeShellArg name}\n"
+      ) nginx.pages
+    )
+    + lib.optionalString (cfg.www.source != null) ''
+      cp -rT --no-preserve=mode ${lib.escapeShellArg "${cfg.www.source}"} $out
+    ''
+  );
+  # What nginx serves: the relay's own files (autoconfig, MTA-STS policy, robots.txt), the
+  # QR code, and the site in site/.
   wwwFiles = pkgs.linkFarm "chatmail-www" (
     lib.mapAttrsToList (name: text: {
       inherit name;
@@ -70,6 +89,10 @@ rec {
       {
         name = "qr-invite.svg";
         path = qrInvite;
+      }
+      {
+        name = "site";
+        path = wwwSite;
       }
     ]
   );

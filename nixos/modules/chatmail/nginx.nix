@@ -25,7 +25,8 @@ in
       enable = true;
       # The relay needs these: the multiplexer on 443 and where it forwards to.
       streamConfig = nginx.streamConfig;
-      # The client's address behind the multiplexer, and the /new rate zone.
+      # The client's address behind the multiplexer, the /new rate zone, and no access log
+      # (the privacy page promises none).
       appendHttpConfig = nginx.httpConfig;
     }
     # Starter values: HTTPS vhosts behind the multiplexer, and nixpkgs' recommended TLS and

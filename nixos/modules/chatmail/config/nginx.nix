@@ -1,10 +1,12 @@
 # nginx for a chatmail relay, as data (builtins only).
 #
 #   settings  chatmail.ini keys (mail_domain, max_message_size, disable_ipv6, newemail_listen,
-#             filtermail_http_port_incoming)
+#             filtermail_http_port_incoming; ./www.nix reads more)
 #   paths     httpsPort (where the HTTPS site listens on loopback behind the port-443
-#             multiplexer), wwwFiles (a directory holding `files` below), tlsMode
-#             ("acme", "external" or "self-signed")
+#             multiplexer), wwwFiles (a directory holding `files` below, and `pages` in its
+#             subdirectory site/), tlsMode ("acme", "external" or "self-signed")
+#   journal   services.chatmail.journald's { volatile; maxRetention; }, which the privacy
+#             page states (default: the module's defaults)
 #
 # Result:
 #   streamConfig  the `stream { }` body: port 443 split by the client's ALPN list without
@@ -20,15 +22,25 @@
 #                 by SNI among all hosts listening there. Plain HTTP (redirects, ACME) on all
 #                 addresses, IPv6 ones too unless disable_ipv6.
 #   httpConfig    lines for the http block (services.nginx.appendHttpConfig): the client's
-#                 address from the multiplexer's PROXY protocol header, the /new rate zone
-#   extraConfig   the relay's server block beyond its locations (HSTS, 404 for the rest)
-#   files         name -> text of the static files (autoconfig, MTA-STS policy, robots.txt,
-#                 and the web pages of ./www.nix)
+#                 address from the multiplexer's PROXY protocol header, the /new rate zone,
+#                 no access log
+#   extraConfig   the relay's server block beyond its locations (HSTS)
+#   files         name -> text of the files the relay itself needs (autoconfig, MTA-STS
+#                 policy, robots.txt), each served at its own fixed location
+#   pages         name -> text of the web site (./www.nix: the pages, their style sheet
+#                 and icon), served from wwwFiles/site/ at the site's root. An operator's own
+#                 files (services.chatmail.www.source) are copied over them there: a file of
+#                 the same name replaces the relay's, any other is served beside them
 #   qrText        the invite the index page shows; whoever serves `files` also puts a QR
-#                 code of it, as SVG, at qr-invite.svg beside them
+#                 code of it, as SVG, at qr-invite.svg beside them (outside site/, so an
+#                 operator's pages can show it too)
 #   serverAliases the other names the site answers to
 #   locations     services.nginx.virtualHosts.<domain>.locations
-{ settings, paths }:
+{
+  settings,
+  paths,
+  journal ? (import ./journald.nix).defaults,
+}:
 let
   domain = settings.mail_domain;
   ipv6 = !settings.disable_ipv6;
@@ -104,14 +116,16 @@ let
         limit_req_status 429;
       '';
   };
-  # The index is the answer to "/" itself: the index module would look for a directory, and
-  # gixy flags try_files without open_file_cache (try_files_is_evil_too). The rewrite stays
-  # in this location and serves the one file.
-  indexPage = {
+  # The web site: static files from site/, "/" answered by its index.html (nginx's index
+  # module). No try_files, which gixy flags without open_file_cache (try_files_is_evil_too);
+  # a missing file is nginx's plain 404, and not worth an error log line with the visitor's
+  # address in it.
+  site = {
     extraConfig = ''
-      root ${paths.wwwFiles};
-      rewrite ^ /index.html break;
-      default_type text/html;
+      root ${paths.wwwFiles}/site;
+      index index.html;
+      charset utf-8;
+      log_not_found off;
     '';
   };
 in
@@ -150,10 +164,17 @@ in
   # the PROXY header, and becomes $remote_addr (so X-Real-IP, which recommendedProxySettings
   # sends, carries it to newemail). Only loopback may say so. The port-80 side has no
   # PROXY header and keeps the peer's address.
+  #
+  # No access log, for the whole http block so that port 80's redirect server (to which NixOS
+  # gives no extraConfig) is covered too: the privacy page promises that the web server keeps
+  # none. nginx's compiled-in default, which NixOS keeps, writes every request with the
+  # client's address to /var/log/nginx/access.log. A virtual host of the operator's may still
+  # set its own access_log. Errors go to the error log, i.e. the volatile journal.
   httpConfig = ''
     set_real_ip_from 127.0.0.1;
     real_ip_header proxy_protocol;
     limit_req_zone $binary_remote_addr zone=chatmail_new:10m rate=2r/s;
+    access_log off;
   '';
 
   defaultListen =
@@ -185,13 +206,11 @@ in
   # self-signed certificate browsers ignore the header (RFC 6797, 8.1).
   extraConfig = ''
     add_header Strict-Transport-Security "max-age=31536000" always;
-    # Nothing else is served: the locations are the whole site.
-    location / {
-      return 404;
-    }
   '';
 
-  files = import ./www.nix { inherit settings; } // {
+  pages = import ./www.nix { inherit settings paths journal; };
+
+  files = {
     "config-v1.1.xml" = autoconfig;
     "mta-sts.txt" = mtaSts;
     "robots.txt" = ''
@@ -206,9 +225,7 @@ in
     {
       "= /.well-known/autoconfig/mail/config-v1.1.xml" = file "config-v1.1.xml" "application/xml";
       "= /robots.txt" = file "robots.txt" "text/plain";
-      "= /" = indexPage;
-      "= /info.html" = file "info.html" "text/html";
-      "= /privacy.html" = file "privacy.html" "text/html";
+      "/" = site;
       "= /qr-invite.svg" = file "qr-invite.svg" "image/svg+xml";
       "= /new" = newAccount;
       # Printed invite codes still carry the old CGI path.
