@@ -190,9 +190,9 @@ def configure(ca: Path, acme_root: str) -> None:
     chroot_run(CLASSIC, ["postconf", "-e", *[f"{k}={v}" for k, v in POSTFIX_MAIN.items()]])
     chroot_run(CLASSIC, ["postconf", "-M", f"submission/inet={SUBMISSION}"])
     chroot_run(CLASSIC, ["postconf", "-P", *[f"submission/inet/{k}={v}" for k, v in SUBMISSION_OPTIONS.items()]])
-    # The queue's directories, private/ included, where Dovecot puts its sockets (a server
-    # whose Postfix has run once has them; this tree's has not).
-    chroot_run(CLASSIC, ["postfix", "check"], capture=True)
+    # The queue's private/ directory, where Dovecot puts its sockets: Postfix makes it when it
+    # first starts (on a real server, long before), but here Dovecot may start first.
+    chroot_run(CLASSIC, ["install", "-d", "-o", "postfix", "-g", "root", "-m", "0700", "/var/spool/postfix/private"])
 
     # Dovecot: its configuration, an empty user list (add_user fills it), the mail store.
     write(root, "/etc/dovecot/dovecot.conf", DOVECOT_CONF)
@@ -226,13 +226,6 @@ def add_user(addr: str, password: str) -> None:
     users = merged(CLASSIC) / USERS.lstrip("/")
     with users.open("a") as f:
         f.write(f"{addr}:{{SHA512-CRYPT}}{crypt}:{VMAIL_UID}:{VMAIL_UID}::\n")
-
-
-def maildir_messages(addr: str) -> list[bytes]:
-    """Every message in a classic user's INBOX, read from the Maildir."""
-    local, domain = addr.split("@")
-    home = merged(CLASSIC) / VMAIL.lstrip("/") / domain / local / "Maildir"
-    return [p.read_bytes() for sub in ("new", "cur") if (home / sub).is_dir() for p in (home / sub).iterdir()]
 
 
 def describe() -> str:

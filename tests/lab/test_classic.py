@@ -188,3 +188,23 @@ def test_a_bounce_from_the_classic_server_for_an_unknown_user_reaches_the_relay_
     assert nobody in human_part(bounce)
     print(f"{alice} -> {nobody}: bounced by {classic.DOMAIN}, delivered to {alice}\n"
           f"  Diagnostic-Code: {status.get('diagnostic-code')}")
+
+
+def test_a_bounce_the_classic_server_does_not_sign_is_refused_by_the_relay(client, account):
+    """Why classic.test passes its bounces through OpenDKIM (internal_mail_filter_classes =
+    bounce; Postfix's default leaves bounces out): relays take no unsigned mail, bounces
+    included."""
+    alice, alice_pw = account("relay1.test")
+    nobody = f"nobody-{secrets.token_hex(4)}@{classic.DOMAIN}"
+    labmod.host_run(CLASSIC, ["postconf", "-X", "internal_mail_filter_classes"])
+    labmod.host_run(CLASSIC, ["postfix", "reload"], capture=True)
+    try:
+        sent = client("send", alice, alice_pw, "--to", nobody)
+        assert sent["ok"], sent
+        refused = wait_for_journal("classic", classic.POSTFIX_UNIT, f"to=<{alice}>, relay=")
+    finally:
+        labmod.host_run(CLASSIC, ["postconf", "-e", "internal_mail_filter_classes=bounce"])
+        labmod.host_run(CLASSIC, ["postfix", "reload"], capture=True)
+    assert "said: 554 5.7.1 No DKIM signature found" in refused and "status=bounced" in refused, refused
+    assert not any(nobody.encode() in m for m in relay_maildir_messages("relay1", alice))
+    print(f"unsigned bounce for {alice}: {refused.split('said: ', 1)[1]}")
