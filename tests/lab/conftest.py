@@ -26,7 +26,7 @@ def lab():
     labmod.up()
     yield labmod
     if not os.environ.get("CHATMAIL_LAB_KEEP"):
-        locks = [lock for r in labmod.BOOTED if (lock := labmod.nspawn_lock(r)) is not None]
+        locks = [lock for r in labmod.CONTAINERS if (lock := labmod.nspawn_lock(r)) is not None]
         labmod.down()
         assert labmod.leftovers(locks) == [], "down leaves nothing behind"
 

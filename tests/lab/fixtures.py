@@ -46,9 +46,17 @@ ns   IN A   {DNS.ip}
 """
 
 
+# The records of the lab's other mail hosts (classic.test), one file per domain, written when
+# the host is set up.
+EXTRA_ZONES = STATE / "zones"
+
+
 def zone_text(relay_zones: dict[str, str]) -> str:
-    """The lab's .test zone: its head, then each relay's `chatmail dns` output verbatim."""
-    return ZONE_HEAD + "".join(f"\n{relay_zones[name]}" for name in sorted(relay_zones))
+    """The lab's .test zone: its head, the other mail hosts' records, then each relay's
+    `chatmail dns` output verbatim."""
+    extra = sorted(EXTRA_ZONES.glob("*.zone")) if EXTRA_ZONES.is_dir() else []
+    return (ZONE_HEAD + "".join(f"\n{p.read_text()}" for p in extra)
+            + "".join(f"\n{relay_zones[name]}" for name in sorted(relay_zones)))
 
 
 def start_dns() -> None:

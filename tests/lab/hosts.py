@@ -1,11 +1,11 @@
 """The lab's hosts: network namespaces on one bridge, overlays of the Debian 13 tree, and
 how a command runs on each host.
 
-The relays boot Debian's systemd in ``systemd-nspawn`` joined to their namespace; a command
-runs there inside the container's namespaces (nsenter into its PID 1), so it sees what the
-units see. The DNS host runs chrooted in its overlay; the client host shares this machine's
-filesystem. Another lab can run beside this one with its own CHATMAIL_LAB_PREFIX (namespace
-and container names) and CHATMAIL_LAB_STATE.
+The relays and the classic mail server boot Debian's systemd in ``systemd-nspawn`` joined to
+their namespace; a command runs there inside the container's namespaces (nsenter into its
+PID 1), so it sees what the units see. The DNS host runs chrooted in its overlay; the client
+host shares this machine's filesystem. Another lab can run beside this one with its own
+CHATMAIL_LAB_PREFIX (namespace and container names) and CHATMAIL_LAB_STATE.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class LabError(Exception):
 class Host:
     name: str
     ip: str
-    domain: str | None = None  # relays only
+    domain: str | None = None  # mail hosts only
     chrooted: bool = True
     booted: bool = False  # boots systemd in a container
 
@@ -59,8 +59,13 @@ RELAYS = [Host("relay1", f"{SUBNET}.11", "relay1.test", booted=True),
 # A relay without a domain: addresses user@[10.77.0.13], a self-signed certificate, no DKIM.
 IP_RELAY = Host("relay3", f"{SUBNET}.13", f"{SUBNET}.13", booted=True)
 BOOTED = [*RELAYS, IP_RELAY]
+# An ordinary mail server of another domain (stock Postfix, Dovecot and OpenDKIM, no chatmail
+# rules): what the relays federate with besides each other.
+CLASSIC = Host("classic", f"{SUBNET}.20", "classic.test", booted=True)
+# Every host that boots systemd in a container: the relays and the classic server.
+CONTAINERS = [*BOOTED, CLASSIC]
 CLIENT = Host("client", f"{SUBNET}.100", chrooted=False)
-HOSTS = [DNS, *BOOTED, CLIENT]
+HOSTS = [DNS, *CONTAINERS, CLIENT]
 BY_NAME = {h.name: h for h in HOSTS}
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The chatmail lab: two federating relays, a third one without a domain (its IPv4 address
-as mail domain, self-signed), a DNS server and a client, on one machine.
+as mail domain, self-signed), an ordinary mail server of another domain (classic.test), a
+DNS server and a client, on one machine.
 
 Each host runs in its own network namespace, joined by a bridge in a switch namespace.
 The relays boot Debian 13's systemd (systemd-nspawn) in an overlay of a cached Debian 13
@@ -8,6 +9,8 @@ root filesystem; their configuration and every chatmaild unit come from the NixO
 data evaluated with nix-instantiate, and chatmaild runs from this checkout's source. The DNS
 server (unbound, and pebble for ACME) runs chrooted and publishes what `chatmail dns` prints
 on each relay; the client host shares this machine's filesystem and runs Delta Chat cores.
+classic.test boots the same tree with Debian's stock Postfix, Dovecot and OpenDKIM and no
+chatmail rules (classic.py).
 
 Needs root and these Debian packages: debootstrap nix-bin iproute2 openssl systemd-container.
 
@@ -22,7 +25,8 @@ Needs root and these Debian packages: debootstrap nix-bin iproute2 openssl syste
 
 Modules: hosts (namespaces, overlays, containers), pki (CA, DKIM keys, ACME server),
 relay (rendering a relay from the module's data, its units included), units (unit files),
-fixtures (DNS, the push-proxy stand-in), render (config file formats), rootfs (the tree).
+fixtures (DNS, the push-proxy stand-in), render (config file formats), rootfs (the tree),
+classic (the classic mail server).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import classic as classicmod  # noqa: E402
 import dovecot_build  # noqa: E402
 import relay as relaymod  # noqa: E402
 import rootfs  # noqa: E402
@@ -48,8 +53,8 @@ from fixtures import (  # noqa: E402,F401
     stop_push_proxy,
 )
 from hosts import (  # noqa: E402,F401
-    BOOTED, BY_NAME, CLIENT, DNS, HOSTS, IP_RELAY, PREFIX, RELAYS, STATE, SWITCH, Host, LabError, boot, contained_run, host_run, in_host,
-    leader, log,
+    BOOTED, BY_NAME, CLASSIC, CLIENT, CONTAINERS, DNS, HOSTS, IP_RELAY, PREFIX, RELAYS, STATE, SWITCH, Host,
+    LabError, boot, contained_run, host_run, in_host, leader, log,
     make_network, merged, mount_host, netns_exists, nspawn_lock, pids_of, poweroff, remove_cgroups, run,
     wait_booted, cgroup_dirs,
 )
@@ -113,7 +118,7 @@ def _keep_logs() -> None:
         logs = STATE / h.name / "upper/var/log"
         if logs.is_dir():
             shutil.copytree(logs, FAILED_LOGS / h.name, dirs_exist_ok=True)
-    for r in BOOTED:
+    for r in CONTAINERS:
         if leader(r) is None:
             continue
         out = host_run(r, ["journalctl", "-b", "--no-pager"], check=False, capture=True).stdout
@@ -141,6 +146,8 @@ def _bring_up(base: Path, dovecot: Path) -> None:
     log("dns: pebble, an ACME server")
     start_acme_server(ca)
     root_pem = acme_root(ca)
+    log("classic: stock Postfix, Dovecot and OpenDKIM for classic.test (its records into the zone)")
+    classicmod.configure(ca, root_pem)
     configs = {}
     for relay in BOOTED:
         log(f"{relay.name}: rendering the NixOS module's configuration and units for {relay.domain}")
@@ -152,13 +159,15 @@ def _bring_up(base: Path, dovecot: Path) -> None:
     for relay in BOOTED:
         log(f"{relay.name}: booting systemd")
         boot(relay, relaymod.binds(configs[relay.name]))
-    for relay in BOOTED:
-        state = wait_booted(relay, timeout=75)
+    log("classic: booting systemd")
+    boot(CLASSIC, {})
+    for host in CONTAINERS:
+        state = wait_booted(host, timeout=75)
         if state != "running":
-            failed = host_run(relay, ["systemctl", "--failed", "--no-legend", "--plain"], check=False,
+            failed = host_run(host, ["systemctl", "--failed", "--no-legend", "--plain"], check=False,
                               capture=True).stdout
-            raise LabError(f"{relay.name}: systemd is {state!r}; failed units:\n{failed}")
-        log(f"{relay.name}: systemd is running, every unit started")
+            raise LabError(f"{host.name}: systemd is {state!r}; failed units:\n{failed}")
+        log(f"{host.name}: systemd is running, every unit started")
     log("dns: each relay's zone again from `chatmail dns`, now with its ACME account in CAA")
     publish_zone(relay_zones())
 
@@ -169,9 +178,9 @@ def relay_zones() -> dict[str, str]:
 
 
 def down() -> None:
-    for r in BOOTED:
+    for r in CONTAINERS:
         poweroff(r)
-    locks = [lock for r in BOOTED if (lock := nspawn_lock(r)) is not None]
+    locks = [lock for r in CONTAINERS if (lock := nspawn_lock(r)) is not None]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [p for h in HOSTS for p in pids_of(h)]
         for p in pids:
@@ -190,7 +199,7 @@ def down() -> None:
                 run(["umount", "-l", m], check=False)
     for lock in locks:
         lock.unlink(missing_ok=True)
-    for r in BOOTED:
+    for r in CONTAINERS:
         remove_cgroups(r)
     for name in [h.netns for h in HOSTS] + [SWITCH]:
         if netns_exists(name):
@@ -207,7 +216,7 @@ def leftovers(locks: list[Path]) -> list[str]:
     found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
               if line.split()[1].startswith(str(STATE) + "/")]
     found += [f"lock {lock}" for lock in locks if lock.exists()]
-    found += [f"cgroup {d}" for r in BOOTED for d in cgroup_dirs(r) if d.exists()]
+    found += [f"cgroup {d}" for r in CONTAINERS for d in cgroup_dirs(r) if d.exists()]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
@@ -252,6 +261,7 @@ def status() -> None:
         print(f"{h.name:8} {h.ip:12} {what:13}running: {names}")
     print("\nrelays: " + ", ".join(f"{r.domain} ({r.ip}: SMTP 25/465/587, IMAP 143/993)" for r in RELAYS)
           + f"; without a domain: {IP_RELAY.ip} (addresses user@[{IP_RELAY.ip}], self-signed)")
+    print(classicmod.describe())
     print(f"dns: {DNS.ip}; relay logs: lab exec RELAY -- journalctl -u UNIT")
 
 

@@ -1,6 +1,6 @@
-"""The lab's keys and certificates: a lab CA (placeholder certificates, pebble's own TLS),
-one DKIM key per relay (published by the lab's DNS), and pebble, the ACME server the
-relays' acme-<domain> units get their real certificates from."""
+"""The lab's keys and certificates: a lab CA (placeholder certificates, pebble's own TLS,
+classic.test's certificate), one DKIM key per relay (published by the lab's DNS), and
+pebble, the ACME server the relays' acme-<domain> units get their real certificates from."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from hosts import CLIENT, DNS, RELAYS, STATE, host_spawn, merged, run, wait_port, write
+from hosts import CLASSIC, CLIENT, DNS, RELAYS, STATE, host_spawn, merged, run, wait_port, write
 
 ACME_HOST = "acme.test"
 ACME_DIRECTORY = f"https://{ACME_HOST}:14000/dir"
@@ -24,7 +24,7 @@ def make_ca() -> Path:
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.pem"), "-days", "30",
          "-subj", "/CN=chatmail lab CA"], capture=True)
-    for name in [*(r.domain for r in RELAYS), ACME_HOST]:
+    for name in [*(r.domain for r in RELAYS), CLASSIC.domain, ACME_HOST]:
         key, csr, crt = (ca / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
         run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"], capture=True)
