@@ -4,7 +4,8 @@
 #             filtermail_http_port_incoming)
 #   paths     httpsPort (where the HTTPS site listens on loopback behind the port-443
 #             multiplexer), wwwFiles (a directory holding `files` below), tlsMode
-#             ("acme", "external" or "self-signed")
+#             ("acme", "external" or "self-signed"), irohRelayExe (null: no iroh relay on
+#             this host; otherwise the site proxies its paths, ./iroh-relay.nix)
 #
 # Result:
 #   streamConfig  the `stream { }` body: port 443 split by the client's ALPN list without
@@ -28,6 +29,7 @@
 #                 code of it, as SVG, at qr-invite.svg beside them
 #   serverAliases the other names the site answers to
 #   locations     services.nginx.virtualHosts.<domain>.locations
+#   irohLocations those of them that reach the local iroh relay ({ } without one)
 { settings, paths }:
 let
   domain = settings.mail_domain;
@@ -70,6 +72,9 @@ let
       (builtins.readFile ../../../../python/chatmaild/src/chatmaild/mta-sts.txt.in);
 
   qrText = "DCACCOUNT:https://${domain}/new";
+
+  irohLocations =
+    if paths.irohRelayExe or null != null then (import ./iroh-relay.nix { inherit settings; }).locations else { };
 
   file = name: type: {
     alias = "${paths.wwwFiles}/${name}";
@@ -116,7 +121,7 @@ let
   };
 in
 {
-  inherit qrText alpnPorts;
+  inherit qrText alpnPorts irohLocations;
 
   streamConfig = ''
     map $ssl_preread_alpn_protocols $chatmail_alpn_upstream {
@@ -227,5 +232,6 @@ in
         { }
       else
         { "= /.well-known/mta-sts.txt" = file "mta-sts.txt" "text/plain"; }
-    );
+    )
+    // irohLocations;
 }

@@ -27,6 +27,10 @@
   authLua ? "${./auth.lua}",
   pushLua ? "${./push.lua}",
   wwwFiles ? "/etc/chatmail/www",
+  # services.chatmail.iroh.enable: the iroh-relay binary and its TOML file (null: no iroh
+  # relay on this host).
+  irohRelayExe ? null,
+  irohRelayConfig ? null,
 }:
 let
   tls =
@@ -95,4 +99,5 @@ in
   # null: log to stderr, which is the journal.
   dovecotLogPath = null;
   doveauthTokenFile = "/run/doveauth/token";
+  inherit irohRelayExe irohRelayConfig;
 }

@@ -9,7 +9,9 @@
 #             lastloginSocket, turnSecretFile (the TURN secret; null when TURN is off),
 #             turnGroup, dkimSocket (null: no DKIM), dkimKeyFile, dkimSelector, dkimUser,
 #             dkimKeyGenerated (true: generate dkimKeyFile on first start), tlsUnit and
-#             resolverUnit (unit names, or null when there is none), tlsMode
+#             resolverUnit (unit names, or null when there is none), tlsMode,
+#             irohRelayExe (the iroh-relay binary; null: no iroh relay on this host) and
+#             irohRelayConfig (its TOML file, ./iroh-relay.nix's `config`)
 #   exe       script name -> absolute path of that console script
 #
 # Result:
@@ -41,6 +43,7 @@ let
   tlsUnits = optional (paths.tlsUnit or null != null) paths.tlsUnit;
   dkim = paths.dkimSocket or null != null;
   turn = paths.turnSecretFile or null != null;
+  iroh = paths.irohRelayExe or null != null;
 
   # What every daemon gets: no privileges, a read-only system, no devices, no kernel knobs,
   # only the system calls a service needs. Each unit below adds its exceptions, with the
@@ -183,6 +186,30 @@ let
 
   secret = paths.turnSecretFile;
   key = paths.dkimKeyFile;
+
+  # The iroh relay forwards packets between devices it knows nothing about but their keys;
+  # it needs no file, no state and no peer but nginx on loopback. Without RUST_LOG it logs
+  # errors only (no addresses or keys of the devices); its metrics count what it relayed.
+  irohRelay = daemon {
+    description = "iroh relay for Delta Chat realtime channels (behind nginx)";
+    # It resolves nothing.
+    after = [ "network.target" ];
+    wants = [ ];
+    serviceConfig =
+      restarting
+      // loopbackOnly
+      // {
+        # A user of its own, made when it starts: it owns nothing on disk.
+        DynamicUser = true;
+        User = "iroh-relay";
+        Group = "iroh-relay";
+        ExecStart = [
+          paths.irohRelayExe
+          "--config-path"
+          paths.irohRelayConfig
+        ];
+      };
+  };
 in
 {
   services = {
@@ -319,6 +346,7 @@ in
   }
   # The DKIM key is made once when the operator gives none (a given key is used as it is, and
   # nothing else is generated), readable by OpenDKIM only; its DNS record goes to the journal.
+  // optionalAttrs iroh { iroh-relay = irohRelay; }
   // optionalAttrs (dkim && paths.dkimKeyGenerated) {
     chatmail-dkim-key = {
       description = "DKIM key of the chatmail relay";
@@ -381,6 +409,7 @@ in
   #   doveauth, chatmail-metadata, chatmail-lastlogin -> Dovecot (passdb and dicts)
   #   postfix-setup (NixOS: creates private/) -> Dovecot (its sockets live there)
   #   Dovecot, the filters, OpenDKIM, unbound -> Postfix
+  #   iroh-relay -> nginx (which proxies to it)
   ordering = {
     postfix =
       tlsUnits
@@ -400,7 +429,7 @@ in
     ];
     # With ACME, nginx must come first (it answers the HTTP-01 challenge); nixpkgs' ACME
     # module orders the certificate unit after it.
-    nginx = if paths.tlsMode or null == "acme" then [ ] else tlsUnits;
+    nginx = (if paths.tlsMode or null == "acme" then [ ] else tlsUnits) ++ optional iroh "iroh-relay.service";
   };
 
   # Dovecot's unit stops only its master process: deliveries and IMAP sessions in progress
