@@ -44,8 +44,8 @@ CRATE = "iroh-relay"
 BINARY = "iroh-relay"
 # Bump when the build steps change what they produce.
 RECIPE = "1"
-# Debian 13's Rust toolchain; rustc pulls in the C compiler that ring's build script needs.
-BUILD_PACKAGES = ["cargo", "rustc", "gcc", "libc6-dev", "ca-certificates"]
+# Debian 13's Rust toolchain, the C compiler that ring's build script needs, and strip.
+BUILD_PACKAGES = ["cargo", "rustc", "gcc", "libc6-dev", "binutils", "ca-certificates"]
 BUILD_USER = "builder"
 BUILD_DIR = "/build"
 
@@ -163,10 +163,12 @@ def _build(base: Path, version: str, features: list[str], partial: Path, out: Pa
         sh(f"cargo install {CRATE} --version ={version} --locked "
            f"--features {','.join(features)} --bin {BINARY} --root {BUILD_DIR}/out",
            user=BUILD_USER, step="cargo install")
+        # strip from the overlay's binutils (the C compiler brought them): the machine
+        # itself needs none.
+        sh(f"strip {BUILD_DIR}/out/bin/{BINARY}", user=BUILD_USER, step="strip")
         built = merged / BUILD_DIR.lstrip("/") / "out/bin" / BINARY
         (out / "bin").mkdir(parents=True)
         shutil.copy(built, out / "bin" / BINARY)
-        _run(["strip", str(out / "bin" / BINARY)])
         os.chmod(out / "bin" / BINARY, 0o755)
         says = subprocess.run(["chroot", str(merged), f"{BUILD_DIR}/out/bin/{BINARY}", "--version"],
                               capture_output=True, text=True).stdout.strip()
