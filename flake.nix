@@ -95,6 +95,8 @@
         {
           inherit chatmaild;
           default = chatmaild;
+          # The iroh relay of services.chatmail.iroh.enable (the module's default package).
+          iroh-relay = pkgs.callPackage ./nixos/pkgs/iroh-relay/package.nix { };
         }
         // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "aarch64-linux") {
           # The Raspberry Pi example as a flashable image (sd-image/*.img.zst).
@@ -125,7 +127,7 @@
       checks = forAllSystems (
         pkgs:
         {
-          inherit (self.packages.${pkgs.stdenv.hostPlatform.system}) chatmaild;
+          inherit (self.packages.${pkgs.stdenv.hostPlatform.system}) chatmaild iroh-relay;
         }
         // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
           # VM tests need KVM: nix build .#checks.x86_64-linux.federation -L

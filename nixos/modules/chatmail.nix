@@ -101,9 +101,9 @@ in
         options = {
           mail_domain = mkDerivedOption cfg.domain "config.services.chatmail.domain" "Set through {option}`services.chatmail.domain`.";
           iroh_relay =
-            mkDerivedOption (if cfg.iroh.relayUrl == null then "" else cfg.iroh.relayUrl)
-              ''if config.services.chatmail.iroh.relayUrl == null then "" else config.services.chatmail.iroh.relayUrl''
-              "Set through {option}`services.chatmail.iroh.relayUrl`; empty: no iroh relay is offered.";
+            mkDerivedOption common.irohRelayUrl
+              ''if config.services.chatmail.iroh.enable then "https://''${config.services.chatmail.domain}" else if config.services.chatmail.iroh.relayUrl != null then config.services.chatmail.iroh.relayUrl else ""''
+              "Set through {option}`services.chatmail.iroh.enable` or {option}`services.chatmail.iroh.relayUrl`; empty: no iroh relay is offered.";
           max_message_size = mkIniOption types.ints.positive "Largest message accepted, in bytes (Postfix `message_size_limit`).";
           delete_mails_after = mkIniOption types.ints.positive "Days after which mail is deleted from mailboxes.";
           username_min_length = mkIniOption types.ints.positive "Shortest local part a new account may have.";
@@ -283,15 +283,39 @@ in
       };
     };
 
-    iroh.relayUrl = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "https://iroh.example.org/";
-      description = ''
-        An iroh relay that Delta Chat clients are told to use for realtime channels (written
-        to chatmail.ini as `iroh_relay`). This module runs no iroh relay itself: nixpkgs'
-        iroh-relay speaks a newer protocol than current Delta Chat cores.
-      '';
+    iroh = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Run an iroh relay on this host and tell Delta Chat clients to use it for realtime
+          channels (webxdc apps), as `https://<domain>` (written to chatmail.ini as
+          `iroh_relay`). It listens on loopback only; nginx passes it `/relay`, `/ping` and
+          `/generate_204` of the relay's HTTPS site. Its version must speak the relay protocol
+          of the clients in use: see {option}`services.chatmail.iroh.package`.
+        '';
+      };
+      package = mkOption {
+        type = types.package;
+        default = pkgs.callPackage ../pkgs/iroh-relay/package.nix { };
+        defaultText = literalExpression "pkgs.callPackage <chatmail-nix>/nixos/pkgs/iroh-relay/package.nix { }";
+        description = ''
+          The iroh-relay package. The default builds the version of nixos/pkgs/iroh-relay/
+          version.json (0.35.0, the relay protocol of current Delta Chat cores) from its
+          crate; nixpkgs' `iroh-relay` is of the incompatible 1.x line.
+        '';
+      };
+      relayUrl = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://iroh.example.org/";
+        description = ''
+          An iroh relay elsewhere that Delta Chat clients are told to use for realtime
+          channels (written to chatmail.ini as `iroh_relay`), instead of one on this host
+          ({option}`services.chatmail.iroh.enable`). `null` with `enable = false`: none is
+          offered, and clients use their built-in default.
+        '';
+      };
     };
 
     newAccounts = mkOption {
@@ -354,7 +378,7 @@ in
   config = lib.mkMerge [
     # Every default, once, from the defaults file: starter values an operator overrides with a
     # plain assignment. All are written to chatmail.ini, so the file documents the relay.
-    # (iroh_relay is read-only: services.chatmail.iroh.relayUrl sets it.)
+    # (iroh_relay is read-only: services.chatmail.iroh sets it.)
     {
       services.chatmail.settings = lib.mapAttrs (_: lib.mkDefault) (
         builtins.removeAttrs defaults.settings [ "iroh_relay" ]

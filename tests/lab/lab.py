@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE))
 
 import classic as classicmod  # noqa: E402
 import dovecot_build  # noqa: E402
+import iroh_build  # noqa: E402
 import relay as relaymod  # noqa: E402
 import rootfs  # noqa: E402
 from fixtures import (  # noqa: E402,F401
@@ -65,7 +66,7 @@ FAILED_LOGS = Path("/var/log/chatmail-lab")
 ZONE_COMMAND = ["chatmail", "dns"]
 # The units `status` lists (besides systemd's own).
 SHOWN = ("doveauth", "filtermail", "chatmail-", "postfix", "dovecot", "nginx", "opendkim", "unbound", "coturn",
-         "acme-")
+         "acme-", "iroh-relay")
 
 
 @functools.cache
@@ -98,10 +99,12 @@ def up() -> None:
     base = rootfs.ensure_rootfs(log)
     # Dovecot without the 500 ms IDLE delay, as the NixOS module builds it (built once, cached).
     dovecot = dovecot_build.ensure_patched_dovecot(log, base)
+    # The iroh relay in the version the lab's Delta Chat cores speak (built once, cached).
+    iroh = iroh_build.ensure_iroh_relay(log, base)
     STATE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        _bring_up(base, dovecot)
+        _bring_up(base, dovecot, iroh)
     except BaseException:
         _keep_logs()
         log(f"up failed: removing what it made; the hosts' logs are kept in {FAILED_LOGS}")
@@ -126,7 +129,7 @@ def _keep_logs() -> None:
         (FAILED_LOGS / r.name / "journal.txt").write_text(out)
 
 
-def _bring_up(base: Path, dovecot: Path) -> None:
+def _bring_up(base: Path, dovecot: Path, iroh: Path) -> None:
     log("network: namespaces and a bridge")
     make_network()
     Path("/etc/netns", CLIENT.netns).mkdir(parents=True, exist_ok=True)
@@ -136,6 +139,7 @@ def _bring_up(base: Path, dovecot: Path) -> None:
             mount_host(h, base)
     for relay in BOOTED:
         dovecot_build.install_into(merged(relay), dovecot)
+        iroh_build.install_into(merged(relay), iroh)
     log("TLS: a lab CA and one certificate per relay")
     ca = make_ca()
     make_dkim_keys(ca)

@@ -87,4 +87,8 @@ in
   journaldDropIn = "/etc/systemd/journald.conf.d/chatmail.conf";
   tmpfiles = "/etc/tmpfiles.d/chatmail.conf";
   legoDir = "/var/lib/acme/.lego";
+  # The iroh relay each lab relay runs (built by ./iroh_build.py, copied in at `up`), and its
+  # configuration file (config/iroh-relay.nix's `config`, as TOML).
+  irohRelayExe = "/usr/local/bin/iroh-relay";
+  irohRelayConfig = "/etc/chatmail/iroh-relay.toml";
 }

@@ -10,7 +10,18 @@
 }:
 let
   cfg = ../../nixos/modules/chatmail/config;
-  settings = (import (cfg + "/defaults.nix")).settings // { mail_domain = domain; } // builtins.fromJSON settingsJSON;
+  # Every lab relay runs its own iroh relay and advertises it, as NixOS does with
+  # services.chatmail.iroh.enable, but over plain HTTP (port 80, the same nginx locations as
+  # the HTTPS site): Delta Chat cores check an iroh relay's certificate against their built-in
+  # Mozilla roots only, and no setting of theirs makes them trust the lab's CA.
+  irohUrl = "http://${domain}";
+  settings =
+    (import (cfg + "/defaults.nix")).settings
+    // {
+      mail_domain = domain;
+      iroh_relay = irohUrl;
+    }
+    // builtins.fromJSON settingsJSON;
   paths = import ./paths.nix { inherit domain tlsMode dkim; };
   ini = import (cfg + "/chatmail-ini.nix") { inherit settings paths; };
   exe = name: "${paths.binDir}/${name}";
@@ -26,6 +37,7 @@ in
   dedupeSieve = builtins.readFile (cfg + "/dedupe.sieve");
   opendkim = if paths.dkimSocket == null then null else import (cfg + "/opendkim.nix") { inherit settings paths; };
   nginx = import (cfg + "/nginx.nix") { inherit settings paths; };
+  irohRelay = import (cfg + "/iroh-relay.nix") { inherit settings; } // { url = irohUrl; };
   turn = import (cfg + "/turn.nix") { inherit settings paths; };
   unbound = import (cfg + "/unbound.nix") { inherit settings; };
   acme = import (cfg + "/acme.nix") { inherit settings paths; };

@@ -255,8 +255,14 @@ def configure(relay: Host, ca: Path, acme_root: str) -> dict:
     # The invite QR code, made from the same text and options as on NixOS (there: at build time).
     chroot_run(relay, ["qrencode", "-t", "SVG", "--svg-path", "-o", f"{paths['wwwFiles']}/qr-invite.svg",
                        cfg["nginx"]["qrText"]])
+    # The iroh relay: its configuration, and (lab only) its nginx locations on port 80 too,
+    # for the plain-HTTP URL the lab advertises (tests/lab/relay.nix says why).
+    iroh = cfg["irohRelay"]
+    write(root, paths["irohRelayConfig"], render.toml_flat(iroh["config"]))
+    plain = cfg["nginx"]["irohLocations"] if iroh["url"].startswith("http://") else {}
     write(root, paths["nginxConf"], render.nginx_conf(cfg["nginx"], relay.domain, paths["httpsPort"],
-                                                      paths["tlsCert"], paths["tlsKey"], paths["acmeWebroot"]))
+                                                      paths["tlsCert"], paths["tlsKey"], paths["acmeWebroot"],
+                                                      plain_http=plain))
 
     # The relay's own resolver (config/unbound.nix). Lab only: no root servers and no trust
     # anchor here, so .test comes from the lab's DNS host and is not DNSSEC-validated.

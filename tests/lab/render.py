@@ -21,6 +21,7 @@ syslog (the journal), as on NixOS.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # services.postfix.settings.master as nixpkgs' postfix module defines it.
@@ -167,6 +168,16 @@ RECOMMENDED_PROXY_HTTP = [
 ]
 
 
+# What a location with proxyWebsockets gets, and the map nixpkgs' nginx module always writes
+# into the http block for it.
+WEBSOCKETS = [
+    "proxy_http_version 1.1;",
+    "proxy_set_header Upgrade $http_upgrade;",
+    "proxy_set_header Connection $connection_upgrade;",
+]
+CONNECTION_UPGRADE_MAP = ["map $http_upgrade $connection_upgrade {", "  default upgrade;", "  '' close;", "}"]
+
+
 def _indent(lines: list[str], depth: int) -> str:
     return "\n".join(" " * depth + line for chunk in lines for line in chunk.splitlines())
 
@@ -177,6 +188,8 @@ def nginx_location(name: str, loc: dict) -> str:
     body = []
     if loc.get("proxyPass"):
         body.append(f"proxy_pass {loc['proxyPass']};")
+    if loc.get("proxyWebsockets"):
+        body += WEBSOCKETS
     if loc.get("alias"):
         body.append(f"alias {loc['alias']};")
     if loc.get("return"):
@@ -195,12 +208,17 @@ def nginx_listen(listen: list[dict], ssl: bool, port: int) -> str:
     return _indent(lines, 4)
 
 
-def nginx_conf(nginx: dict, domain: str, https_port: int, cert: str, key: str, acme_webroot: str) -> str:
+def nginx_conf(nginx: dict, domain: str, https_port: int, cert: str, key: str, acme_webroot: str,
+               plain_http: dict | None = None) -> str:
     """A whole nginx.conf in the shape NixOS gives the relay's site: the port-443 stream
     split, port 80 answering ACME challenges from the webroot (useACMEHost) and redirecting
-    everything else to HTTPS (forceSSL), and the HTTPS vhost on loopback."""
+    everything else to HTTPS (forceSSL), and the HTTPS vhost on loopback.
+
+    `plain_http`: locations that port 80 serves as well (lab only: the iroh relay, whose
+    clients would not trust the lab's CA)."""
     names = " ".join([domain, *nginx["serverAliases"]])
     locations = "\n".join(nginx_location(n, loc) for n, loc in sorted(nginx["locations"].items()))
+    plain = "\n".join(nginx_location(n, loc) for n, loc in sorted((plain_http or {}).items()))
     return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 pid /run/nginx.pid;
 error_log /var/log/nginx/error.log;
@@ -212,12 +230,14 @@ http {{
   include /etc/nginx/mime.types;
   server_tokens off;
 {_indent(HTTP_DEFAULTS + RECOMMENDED_PROXY_HTTP, 2)}
+{_indent(CONNECTION_UPGRADE_MAP, 2)}
 {_indent([nginx["httpConfig"]], 2)}
   server {{
 {nginx_listen(nginx["defaultListen"], False, 80)}
     server_name {names};
     location / {{ return 301 https://$host$request_uri; }}
     location ^~ /.well-known/acme-challenge/ {{ root {acme_webroot}; }}
+{plain}
   }}
   server {{
 {nginx_listen(nginx["defaultListen"], True, https_port)}
@@ -250,6 +270,26 @@ def turnserver_conf(turn: dict, secret: str) -> str:
         elif value is not False and value is not None:
             lines.append(f"{key}={value}")
     return "\n".join(lines + list(turn.get("extraLines", []))) + "\n"
+
+
+# --------------------------------------------------------------------------- iroh-relay
+
+
+def toml_flat(settings: dict) -> str:
+    """A TOML file of top-level keys only (iroh-relay's configuration, config/iroh-relay.nix),
+    as pkgs.formats.toml writes it on NixOS: booleans, integers and strings."""
+    lines = []
+    for key in sorted(settings):
+        v = settings[key]
+        if isinstance(v, bool):
+            lines.append(f"{key} = {'true' if v else 'false'}")
+        elif isinstance(v, int):
+            lines.append(f"{key} = {v}")
+        elif isinstance(v, str):
+            lines.append(f"{key} = {json.dumps(v)}")
+        else:
+            raise TypeError(f"{key} = {v!r}: only booleans, integers and strings are written")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- unbound

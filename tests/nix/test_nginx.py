@@ -152,3 +152,49 @@ def test_the_site_sees_each_client_behind_the_multiplexer_and_limits_new_per_cli
         block = block[:block.index("proxy_set_header Host")]
         assert "limit_req zone=chatmail_new burst=5 nodelay;" in block and "limit_req_status 429;" in block
         assert "proxy_set_header X-Real-IP $remote_addr;" in http[http.index(f"location = {path} {{"):]
+
+
+def location(conf: str, name: str) -> str:
+    block = conf[conf.index(f"location {name} {{"):]
+    return block[:block.index("  }")]
+
+
+def test_the_iroh_relay_paths_reach_its_loopback_port_and_the_relay_connection_is_upgraded():
+    relay = evaluate()
+    conf = nginx_conf(relay)
+    upstream = f"proxy_pass http://{relay['irohRelay']['listen']};"
+    for path in ("= /relay", "= /ping", "= /generate_204"):
+        assert upstream in location(conf, path)
+    connection = location(conf, "= /relay")
+    assert "proxy_set_header Upgrade $http_upgrade;" in connection
+    assert "proxy_set_header Connection $connection_upgrade;" in connection
+    # The map nixpkgs' nginx module writes for proxyWebsockets.
+    assert "map $http_upgrade $connection_upgrade {" in conf
+
+
+def test_without_an_iroh_relay_on_the_host_the_site_has_no_iroh_paths():
+    expr = f"""
+      let relay = import {ROOT}/tests/lab/relay.nix {{ domain = "{DOMAIN}"; }};
+      in import {CONFIG}/nginx.nix {{ inherit (relay) settings; paths = relay.paths // {{ irohRelayExe = null; }}; }}
+    """
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+                         check=True, capture_output=True, text=True).stdout
+    nginx = json.loads(out)
+    assert nginx["irohLocations"] == {}
+    assert not {"= /relay", "= /ping", "= /generate_204"} & set(nginx["locations"])
+
+
+def test_the_lab_serves_the_iroh_relay_on_port_80_too_and_nothing_else_there():
+    relay = evaluate()
+    conf = render.nginx_conf(relay["nginx"], DOMAIN, 8443, "/c", "/k", "/w", plain_http=relay["nginx"]["irohLocations"])
+    http = conf[conf.index("listen 0.0.0.0:80;"):conf.index("listen 127.0.0.1:8443")]
+    assert re.findall(r"location (\S+ \S+|\S+) \{", http) == [
+        "/", "^~ /.well-known/acme-challenge/", "= /generate_204", "= /ping", "= /relay"]
+
+
+def test_the_iroh_relay_configuration_file_reads_back_as_its_data():
+    import tomllib
+
+    config = evaluate()["irohRelay"]["config"]
+    assert tomllib.loads(render.toml_flat(config)) == config
+    assert config["http_bind_addr"].startswith("127.0.0.1:") and config["metrics_bind_addr"].startswith("127.0.0.1:")

@@ -28,8 +28,10 @@ MAX_EXPOSURE = 2.0
 
 
 # The one-shots that make secrets run as root and are not daemons: not scored here. Metrics on,
-# so that the textfile writer is scored too.
-UNITS = {name: unit for name, unit in evaluate(metricsTextfileDir="/var/lib/chatmail-metrics")["services"].items()
+# so that the textfile writer is scored too, and the iroh relay's unit, which is there only on a
+# relay that runs one.
+IROH = {"irohRelayExe": "/bin/iroh-relay", "irohRelayConfig": "/etc/chatmail/iroh-relay.toml"}
+UNITS = {name: unit for name, unit in evaluate(metricsTextfileDir="/var/lib/chatmail-metrics", **IROH)["services"].items()
          if "script" not in unit}
 
 

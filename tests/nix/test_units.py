@@ -148,3 +148,23 @@ def test_a_textfile_directory_of_the_operators_own_is_made_for_the_mail_user_and
     assert data["services"]["chatmail-metrics"]["serviceConfig"]["ReadWritePaths"] == ["/var/lib/node-exporter-text"]
     assert "d /var/lib/node-exporter-text 0755 vmail vmail - -" in data["tmpfiles"]
     assert data["nodeExporter"]["extraFlags"] == ["--collector.textfile.directory=/var/lib/node-exporter-text"]
+
+
+IROH = {"irohRelayExe": "/bin/iroh-relay", "irohRelayConfig": "/etc/chatmail/iroh-relay.toml"}
+
+
+def test_the_iroh_relay_runs_only_on_a_relay_that_has_one_and_nginx_starts_after_it():
+    assert "iroh-relay" not in evaluate()["services"]
+    data = evaluate(**IROH)
+    unit = data["services"]["iroh-relay"]
+    assert unit["serviceConfig"]["ExecStart"] == ["/bin/iroh-relay", "--config-path", "/etc/chatmail/iroh-relay.toml"]
+    assert unit["wantedBy"] == ["multi-user.target"]
+    assert "iroh-relay.service" in data["ordering"]["nginx"]
+
+
+def test_the_iroh_relay_has_a_user_of_its_own_and_reaches_nothing_but_loopback():
+    config = evaluate(**IROH)["services"]["iroh-relay"]["serviceConfig"]
+    assert config["DynamicUser"] is True and config["User"] == "iroh-relay"
+    assert config["IPAddressDeny"] == "any" and config["IPAddressAllow"] == "localhost"
+    # Errors only: no addresses or keys of the devices in the journal.
+    assert "Environment" not in config

@@ -65,6 +65,21 @@ in
         message = "services.chatmail.iroh.relayUrl must be an https:// URL (got ${toString cfg.iroh.relayUrl}).";
       }
       {
+        assertion = !(cfg.iroh.enable && cfg.iroh.relayUrl != null);
+        message = ''
+          services.chatmail.iroh.enable runs an iroh relay on this host and advertises it, and
+          services.chatmail.iroh.relayUrl advertises another one: clients can be told only
+          one. Set services.chatmail.iroh.relayUrl = null, or iroh.enable = false.
+        '';
+      }
+      {
+        assertion = !cfg.iroh.enable || cfg.nginx.enable;
+        message = ''
+          services.chatmail.iroh.enable serves the iroh relay through the relay's nginx, but
+          services.chatmail.nginx.enable is false: enable nginx, or set iroh.enable = false.
+        '';
+      }
+      {
         # See opendkim.nix: nixpkgs 26.05 no longer flags opendkim; older or patched ones may.
         assertion = !cfg.dkim.enable || (pkgs.opendkim.meta.knownVulnerabilities or [ ]) == [ ];
         message = ''

@@ -38,7 +38,21 @@ rec {
     pushLua = "${./config/push.lua}";
     dedupeSieve = "${./config/dedupe.sieve}";
     wwwFiles = "${wwwFiles}";
+    irohRelayExe = if cfg.iroh.enable then lib.getExe' cfg.iroh.package "iroh-relay" else null;
+    irohRelayConfig = if cfg.iroh.enable then "${irohRelayConfig}" else null;
   };
+
+  # The relay's own iroh relay (services.chatmail.iroh.enable): its configuration as data,
+  # written as the TOML file it reads, and the URL clients are told.
+  irohRelay = import ./config/iroh-relay.nix { inherit settings; };
+  irohRelayConfig = (pkgs.formats.toml { }).generate "iroh-relay.toml" irohRelay.config;
+  irohRelayUrl =
+    if cfg.iroh.enable then
+      irohRelay.url
+    else if cfg.iroh.relayUrl != null then
+      cfg.iroh.relayUrl
+    else
+      "";
 
   # Certificate and key of the chosen TLS mode, and the unit that provides them (null: none).
   tls = {

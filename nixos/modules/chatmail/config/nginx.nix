@@ -4,7 +4,9 @@
 #             filtermail_http_port_incoming; ./www.nix reads more)
 #   paths     httpsPort (where the HTTPS site listens on loopback behind the port-443
 #             multiplexer), wwwFiles (a directory holding `files` below, and `pages` in its
-#             subdirectory site/), tlsMode ("acme", "external" or "self-signed")
+#             subdirectory site/), tlsMode ("acme", "external" or "self-signed"),
+#             irohRelayExe (null: no iroh relay on this host; otherwise the site proxies its
+#             paths, ./iroh-relay.nix)
 #   journal   services.chatmail.journald's { volatile; maxRetention; }, which the privacy
 #             page states (default: the module's defaults)
 #
@@ -36,6 +38,7 @@
 #                 operator's pages can show it too)
 #   serverAliases the other names the site answers to
 #   locations     services.nginx.virtualHosts.<domain>.locations
+#   irohLocations those of them that reach the local iroh relay ({ } without one)
 {
   settings,
   paths,
@@ -82,6 +85,9 @@ let
       (builtins.readFile ../../../../python/chatmaild/src/chatmaild/mta-sts.txt.in);
 
   qrText = "DCACCOUNT:https://${domain}/new";
+
+  irohLocations =
+    if paths.irohRelayExe or null != null then (import ./iroh-relay.nix { inherit settings; }).locations else { };
 
   file = name: type: {
     alias = "${paths.wwwFiles}/${name}";
@@ -130,7 +136,7 @@ let
   };
 in
 {
-  inherit qrText alpnPorts;
+  inherit qrText alpnPorts irohLocations;
 
   streamConfig = ''
     map $ssl_preread_alpn_protocols $chatmail_alpn_upstream {
@@ -244,5 +250,6 @@ in
         { }
       else
         { "= /.well-known/mta-sts.txt" = file "mta-sts.txt" "text/plain"; }
-    );
+    )
+    // irohLocations;
 }

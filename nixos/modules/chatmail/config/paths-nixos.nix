@@ -33,6 +33,10 @@
   pushLua ? "${./push.lua}",
   dedupeSieve ? "${./dedupe.sieve}",
   wwwFiles ? "/etc/chatmail/www",
+  # services.chatmail.iroh.enable: the iroh-relay binary and its TOML file (null: no iroh
+  # relay on this host).
+  irohRelayExe ? null,
+  irohRelayConfig ? null,
 }:
 let
   tls =
@@ -112,4 +116,5 @@ in
   # Where `chatmail metrics` writes chatmail.prom for the node exporter (null: metrics off).
   metricsTextfileDir = if metricsEnable then metricsTextfileDir else null;
   inherit metricsInterval;
+  inherit irohRelayExe irohRelayConfig;
 }

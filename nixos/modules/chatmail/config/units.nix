@@ -12,7 +12,8 @@
 #             resolverUnit (unit names, or null when there is none), tlsMode, metricsDir
 #             (the daemons' counters, directly under /var/lib), metricsTextfileDir (where
 #             chatmail-metrics writes the node exporter's textfile; null: metrics off),
-#             metricsInterval
+#             metricsInterval, irohRelayExe (the iroh-relay binary; null: no iroh relay on
+#             this host) and irohRelayConfig (its TOML file, ./iroh-relay.nix's `config`)
 #   exe       script name -> absolute path of that console script
 #
 # Result:
@@ -49,6 +50,7 @@ let
   turn = paths.turnSecretFile or null != null;
   metrics = paths.metricsTextfileDir or null != null;
   textfileDir = paths.metricsTextfileDir;
+  iroh = paths.irohRelayExe or null != null;
 
   # What every daemon gets: no privileges, a read-only system, no devices, no kernel knobs,
   # only the system calls a service needs. Each unit below adds its exceptions, with the
@@ -206,6 +208,30 @@ let
 
   secret = paths.turnSecretFile;
   key = paths.dkimKeyFile;
+
+  # The iroh relay forwards packets between devices it knows nothing about but their keys;
+  # it needs no file, no state and no peer but nginx on loopback. Without RUST_LOG it logs
+  # errors only (no addresses or keys of the devices); its metrics count what it relayed.
+  irohRelay = daemon {
+    description = "iroh relay for Delta Chat realtime channels (behind nginx)";
+    # It resolves nothing.
+    after = [ "network.target" ];
+    wants = [ ];
+    serviceConfig =
+      restarting
+      // loopbackOnly
+      // {
+        # A user of its own, made when it starts: it owns nothing on disk.
+        DynamicUser = true;
+        User = "iroh-relay";
+        Group = "iroh-relay";
+        ExecStart = [
+          paths.irohRelayExe
+          "--config-path"
+          paths.irohRelayConfig
+        ];
+      };
+  };
 in
 {
   services = {
@@ -376,6 +402,7 @@ in
   }
   # The DKIM key is made once when the operator gives none (a given key is used as it is, and
   # nothing else is generated), readable by OpenDKIM only; its DNS record goes to the journal.
+  // optionalAttrs iroh { iroh-relay = irohRelay; }
   // optionalAttrs (dkim && paths.dkimKeyGenerated) {
     chatmail-dkim-key = {
       description = "DKIM key of the chatmail relay";
@@ -456,6 +483,7 @@ in
   #   doveauth, chatmail-metadata, chatmail-lastlogin -> Dovecot (passdb and dicts)
   #   postfix-setup (NixOS: creates private/) -> Dovecot (its sockets live there)
   #   Dovecot, the filters, OpenDKIM, unbound -> Postfix
+  #   iroh-relay -> nginx (which proxies to it)
   ordering = {
     postfix =
       tlsUnits
@@ -475,7 +503,7 @@ in
     ];
     # With ACME, nginx must come first (it answers the HTTP-01 challenge); nixpkgs' ACME
     # module orders the certificate unit after it.
-    nginx = if paths.tlsMode or null == "acme" then [ ] else tlsUnits;
+    nginx = (if paths.tlsMode or null == "acme" then [ ] else tlsUnits) ++ optional iroh "iroh-relay.service";
   };
 
   # Dovecot's unit stops only its master process: deliveries and IMAP sessions in progress
