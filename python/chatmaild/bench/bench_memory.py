@@ -97,7 +97,9 @@ def on_demand(
         proc = subprocess.Popen(
             [sys.executable, "-c", ACTIVATION_LAUNCHER, str(listener.fileno()), *argv,
              "--exit-when-idle", str(IDLE_EXIT_SECONDS)],
-            pass_fds=(listener.fileno(),), env=env, stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL,
+            pass_fds=(listener.fileno(),),
+            env=env,
+            stderr=None if os.environ.get("BENCH_DEBUG") else subprocess.DEVNULL,
         )
         try:
             answer = first_answer(target, request)
@@ -119,7 +121,9 @@ def on_demand(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="accepted for run_all.py; the run is short anyway")
+    parser.add_argument(
+        "--quick", action="store_true", help="accepted for run_all.py; the run is short anyway"
+    )
     parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         work = Path(tmp)
@@ -191,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, (argv_, target, request) in activated.items():
                 latency, running, idle = on_demand(name, argv_, target, request, env)
                 total += idle
-                print(f"{name:<22}{idle / 1024:>8.1f} MiB   (on demand: {running / 1024:.1f} MiB while it runs, "
-                      f"first answer after {latency * 1000:.0f} ms, left when idle)")
+                print(f"{name:<22}{idle / 1024:>8.1f} MiB   (on demand: {running / 1024:.1f} MiB while "
+                      f"it runs, first answer after {latency * 1000:.0f} ms, left when idle)")
                 report(f"memory.{name}.mib", idle / 1024, "left when idle")
                 report(f"memory.{name}.running_mib", running / 1024)
                 report(f"memory.{name}.first_request_ms", latency * 1000)

@@ -80,6 +80,11 @@ def finished(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
+def lastlogin_argv(config, socket_path: Path, idle: float = IDLE) -> tuple[str, ...]:
+    return ("chatmaild.lastlogin", str(config.path), "--socket", str(socket_path),
+            "--exit-when-idle", str(idle))
+
+
 @pytest.fixture
 def account(config):
     user = config.get_user("someone01@chat.example.org")
@@ -90,8 +95,9 @@ def account(config):
 def test_an_idle_last_login_daemon_leaves_and_the_next_request_waits_for_its_next_start(
     config, account, socket_path
 ):
-    login = b"B1\tsomeone01@chat.example.org\t0\nS1\tshared/last-login/someone01@chat.example.org\t1700000123\nC1\n"
-    argv = ("chatmaild.lastlogin", str(config.path), "--socket", str(socket_path), "--exit-when-idle", str(IDLE))
+    addr = "someone01@chat.example.org"
+    login = f"B1\t{addr}\t0\nS1\tshared/last-login/{addr}\t1700000123\nC1\n".encode()
+    argv = lastlogin_argv(config, socket_path)
     with unix_listener(socket_path) as listener:
         first = start_activated(listener, *argv)
         assert dict_request(socket_path, login, 1) == b"O\n"
@@ -110,7 +116,7 @@ def test_an_idle_last_login_daemon_leaves_and_the_next_request_waits_for_its_nex
 
 
 def test_a_daemon_does_not_leave_while_a_connection_is_open(config, socket_path):
-    argv = ("chatmaild.lastlogin", str(config.path), "--socket", str(socket_path), "--exit-when-idle", str(IDLE))
+    argv = lastlogin_argv(config, socket_path)
     with unix_listener(socket_path) as listener:
         proc = start_activated(listener, *argv)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as held:
@@ -129,8 +135,8 @@ def test_a_daemon_with_a_socket_of_its_own_ignores_exit_when_idle(config, socket
     env = {**os.environ, "PYTHONPATH": SRC, "PYTHONDONTWRITEBYTECODE": "1"}
     for name in ("LISTEN_PID", "LISTEN_FDS"):
         env.pop(name, None)
-    argv = ["-m", "chatmaild.lastlogin", str(config.path), "--socket", str(socket_path), "--exit-when-idle", "0.2"]
-    proc = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE)
+    argv = lastlogin_argv(config, socket_path, idle=0.2)
+    proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + EXIT_TIMEOUT
         while not socket_path.exists():
