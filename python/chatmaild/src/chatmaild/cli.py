@@ -78,6 +78,15 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:10090`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:10090")
+    return host, int(port)
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0, with an error that quotes the input."""
     try:

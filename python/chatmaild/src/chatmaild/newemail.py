@@ -39,9 +39,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from . import activation
-from .cli import add_config_argument, add_exit_when_idle_argument, run_daemon
+from .cli import add_config_argument, add_exit_when_idle_argument, parse_listen, run_daemon
 from .config import Config, ConfigError, read_config
-from .doveauth import parse_listen
 from .logsetup import add_verbose_flag, setup_logging
 from .ratelimit import RateLimiter, format_until
 
