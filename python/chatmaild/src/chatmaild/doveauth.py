@@ -33,8 +33,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from filelock import FileLock
-
 from .blocklist import Blocklist
 from .cli import parse_args_and_config, parse_listen, run_daemon
 from .config import Config
@@ -183,6 +181,10 @@ class AccountStore:
 
     def _create(self, addr: str, password: str) -> str:
         """Create the account under the file lock (blocking; runs in a thread)."""
+        # Imported here: only creating an account needs it, and the daemon's idle
+        # memory is a fixed cost of every relay (filelock costs it 1.5 MB).
+        from filelock import FileLock
+
         user = self.config.get_user(addr)
         user.maildir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(user.maildir / "password.lock"), timeout=PASSWORD_LOCK_TIMEOUT_SECONDS):
