@@ -524,11 +524,11 @@ class Expiry:
                             if parsed is not None and entry.is_file(follow_symlinks=False):
                                 delivered, logical = parsed.group(1, 2)
                                 scanned += 1
-                                mtime = int(delivered)
-                                if mtime < mails:
-                                    doomed.append((entry.path, mtime, int(logical)))
-                                elif in_cur and mtime < large and int(logical) > LARGE_MESSAGE_BYTES:
-                                    doomed.append((entry.path, mtime, int(logical)))
+                                arrived = int(delivered)
+                                if arrived < mails:
+                                    doomed.append((entry.path, arrived, int(logical)))
+                                elif in_cur and arrived < large and int(logical) > LARGE_MESSAGE_BYTES:
+                                    doomed.append((entry.path, arrived, int(logical)))
                                 elif quota_dir:
                                     quota_total += int(logical)
                                 continue
@@ -551,9 +551,9 @@ class Expiry:
                         log.warning("cannot read %s, skipped: %s", entry.path, exc)
                         continue
                     scanned += 1
-                    mtime, size = st.st_mtime, st.st_size
-                    if mtime < mails or (in_cur and size > LARGE_MESSAGE_BYTES and mtime < large):
-                        doomed.append((entry.path, mtime, size))
+                    modified, size = st.st_mtime, st.st_size
+                    if modified < mails or (in_cur and size > LARGE_MESSAGE_BYTES and modified < large):
+                        doomed.append((entry.path, modified, size))
             pending.extend(reversed(subdirs))
         self.stats.files_scanned += scanned
         return doomed, quota_total
