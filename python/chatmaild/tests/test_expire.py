@@ -643,3 +643,26 @@ def test_a_dry_run_deletes_nothing_and_starts_no_threads(config: Config) -> None
     stats = run(config, remove=False)
     assert old.exists() and stats.files_removed == 1
     assert threading.active_count() == before
+
+
+def test_only_regular_files_count_as_messages_whatever_their_names_say(
+    config: Config, tmp_path: Path
+) -> None:
+    """Names are matched in bulk; the listing still decides what is a file. A directory or a
+    symbolic link named like an old message is no message, and a name with a newline in it
+    is one name, not two."""
+    mailbox = make_account(config)
+    outside = touch(tmp_path / "outside", age_days=0)
+    (mailbox / "cur").mkdir(parents=True)
+    os.symlink(outside, mailbox / "cur" / maildir_name(30, 100, 1))
+    folder = mailbox / "cur" / maildir_name(30, 100, 2)
+    inside = touch(folder / "note", age_days=30)  # in a directory named "...", not in cur/new/tmp
+    two_lines = touch(mailbox / "new" / (maildir_name(30, 7, 3) + "\n" + maildir_name(30, 9, 4)), age_days=30)
+    real = touch(mailbox / "new" / maildir_name(30, 5, 5), age_days=30)
+
+    stats = run(config)
+
+    assert (mailbox / "cur" / maildir_name(30, 100, 1)).is_symlink() and outside.exists()
+    assert inside.exists()
+    assert not two_lines.exists() and not real.exists()
+    assert (stats.files_removed, stats.bytes_removed) == (2, 7 + 5)

@@ -49,6 +49,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import operator
 import os
 import re
 import sys
@@ -97,6 +98,10 @@ MAX_PENDING_ACCOUNTS = 64
 # Dovecot's maildir file names: "<unix time>.<unique part>,S=<size>[,W=<size>][:2,<flags>]".
 # S= is the logical (uncompressed) size, which is what the quota counts.
 _MAILDIR_NAME = re.compile(r"^(?P<time>\d+)\..*?,S=(?P<size>\d+)")
+# The same over many names joined by NUL: (name, time, size) of each that matches.
+_MAILDIR_NAMES = re.compile(r"(?:^|\0)((\d+)\.[^\0\n]*?,S=(\d+)[^\0]*)").findall
+_ARRIVAL = operator.itemgetter(1)
+_SIZE = operator.itemgetter(2)
 
 
 @dataclasses.dataclass
@@ -505,58 +510,93 @@ class Expiry:
         every file of the relay, so it makes no object per file it keeps and
         stats only files whose name does not say their time and size.
         """
-        match = _MAILDIR_NAME.match
-        mails, large = self.cutoffs.mails, self.cutoffs.large
         doomed: list[tuple[str, float, int]] = []
         quota_total = scanned = 0
         # (directory, holds messages, is a cur, its messages count for the quota)
         pending = [(mailbox, False, False, False)]
         while pending:
             directory, named, in_cur, quota_dir = pending.pop()
-            subdirs = []
             with _open_dir(directory) as entries:
-                for entry in entries:
-                    try:
-                        if named:
-                            # The common case first: a message named by Dovecot. Its name
-                            # gives time and size, its listing that it is a regular file.
-                            parsed = match(entry.name)
-                            if parsed is not None and entry.is_file(follow_symlinks=False):
-                                delivered, logical = parsed.group(1, 2)
-                                scanned += 1
-                                arrived = int(delivered)
-                                if arrived < mails:
-                                    doomed.append((entry.path, arrived, int(logical)))
-                                elif in_cur and arrived < large and int(logical) > LARGE_MESSAGE_BYTES:
-                                    doomed.append((entry.path, arrived, int(logical)))
-                                elif quota_dir:
-                                    quota_total += int(logical)
-                                continue
-                        if entry.is_dir(follow_symlinks=False):
-                            name = entry.name
-                            # The quota counts the top-level cur and new only.
-                            quota = directory == mailbox and name in QUOTA_DIRS
-                            subdirs.append((entry.path, name in MESSAGE_DIRS, name == "cur", quota))
-                            continue
-                        if not entry.is_file(follow_symlinks=False):
-                            continue
-                        if not named:
-                            scanned += 1  # account data: counted, never touched
-                            continue
-                        # A message whose name does not say when it came and how big it is.
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # gone since it was listed
-                    except OSError as exc:
-                        log.warning("cannot read %s, skipped: %s", entry.path, exc)
+                listed = list(entries)
+            subdirs: list[tuple[str, bool, bool, bool]] = []
+            if named:
+                rest, found, kept_bytes = self._scan_messages(directory, listed, in_cur, doomed)
+                scanned += found
+                if quota_dir:
+                    quota_total += kept_bytes
+            else:
+                rest = listed
+            for entry in rest:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        name = entry.name
+                        # The quota counts the top-level cur and new only.
+                        quota = directory == mailbox and name in QUOTA_DIRS
+                        subdirs.append((entry.path, name in MESSAGE_DIRS, name == "cur", quota))
                         continue
-                    scanned += 1
-                    modified, size = st.st_mtime, st.st_size
-                    if modified < mails or (in_cur and size > LARGE_MESSAGE_BYTES and modified < large):
-                        doomed.append((entry.path, modified, size))
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if not named:
+                        scanned += 1  # account data: counted, never touched
+                        continue
+                    # A message whose name does not say when it came and how big it is.
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since it was listed
+                except OSError as exc:
+                    log.warning("cannot read %s, skipped: %s", entry.path, exc)
+                    continue
+                scanned += 1
+                modified, size = st.st_mtime, st.st_size
+                if modified < self.cutoffs.mails or (
+                    in_cur and size > LARGE_MESSAGE_BYTES and modified < self.cutoffs.large
+                ):
+                    doomed.append((entry.path, modified, size))
             pending.extend(reversed(subdirs))
         self.stats.files_scanned += scanned
         return doomed, quota_total
+
+    def _scan_messages(
+        self,
+        directory: str,
+        listed: list[os.DirEntry[str]],
+        in_cur: bool,
+        doomed: list[tuple[str, float, int]],
+    ) -> tuple[list[os.DirEntry[str]], int, int]:
+        """The regular files of a message directory whose names carry time and size.
+
+        Adds the expired ones to ``doomed``; returns the entries left for the
+        careful per-entry path (directories, other files), the number of
+        messages found and the logical size of those that stay. The names are matched in one
+        regular expression pass over all of them, NUL-separated (a file name
+        cannot hold a NUL): a relay has a million messages, and a Python-level
+        step per message is most of the job's time.
+        """
+        try:
+            files = [entry.name for entry in listed if entry.is_file(follow_symlinks=False)]
+        except OSError:
+            return listed, 0, 0  # the per-entry path logs what cannot be read
+        found = _MAILDIR_NAMES("\0".join(files))
+        mails, large = self.cutoffs.mails, self.cutoffs.large
+        prefix = os.path.join(directory, "")
+        # Whole columns at a time (map runs in C); a Python step only per expired message.
+        arrivals = list(map(int, map(_ARRIVAL, found)))
+        sizes = list(map(int, map(_SIZE, found)))
+        kept_bytes = sum(sizes)
+        if in_cur:
+            expired = [
+                i for i, (t, size) in enumerate(zip(arrivals, sizes))
+                if t < mails or (t < large and size > LARGE_MESSAGE_BYTES)
+            ]
+        else:
+            expired = [i for i, t in enumerate(arrivals) if t < mails]
+        for i in expired:
+            doomed.append((prefix + found[i][0], arrivals[i], sizes[i]))
+            kept_bytes -= sizes[i]
+        if len(found) == len(listed):
+            return [], len(found), kept_bytes
+        matched = {name for name, _, _ in found}
+        return [entry for entry in listed if entry.name not in matched], len(found), kept_bytes
 
     def _later(self, work: Callable[[], object], count: Callable[[object], None]) -> None:
         """Run ``work`` (deletions) in the pool, or now; ``count`` its result, in account order."""
