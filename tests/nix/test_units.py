@@ -168,3 +168,42 @@ def test_the_iroh_relay_has_a_user_of_its_own_and_reaches_nothing_but_loopback()
     assert config["IPAddressDeny"] == "any" and config["IPAddressAllow"] == "localhost"
     # Errors only: no addresses or keys of the devices in the journal.
     assert "Environment" not in config
+
+
+def test_daemons_used_now_and_then_are_started_by_their_socket_and_leave_when_idle():
+    data = evaluate()
+    assert sorted(data["sockets"]) == ["chatmail-lastlogin", "chatmail-metadata", "chatmail-newemail"]
+    for name, sock in data["sockets"].items():
+        service = data["services"][name]
+        assert service["requires"] == [f"{name}.socket"] and f"{name}.socket" in service["after"], name
+        config = service["serviceConfig"]
+        # Leaving when idle is a clean exit: Restart=always would start it again at once.
+        assert config["Restart"] == "on-failure", name
+        assert config["ExecStart"][-2:] == ["--exit-when-idle", "300"], name
+        # A RuntimeDirectory would be removed, socket and all, each time the daemon leaves.
+        assert "RuntimeDirectory" not in config, name
+        assert sock["wantedBy"] == ["sockets.target"], name
+    # Only the metadata daemon starts at boot too (pushes queued before a restart).
+    assert data["services"]["chatmail-metadata"]["wantedBy"] == ["multi-user.target"]
+    assert data["services"]["chatmail-lastlogin"]["wantedBy"] == []
+    assert data["services"]["chatmail-newemail"]["wantedBy"] == []
+    # Always-running daemons keep restarting whatever the cause.
+    for name in ("doveauth", "filtermail", "filtermail-incoming"):
+        assert data["services"][name]["serviceConfig"]["Restart"] == "always", name
+
+
+def test_the_last_login_socket_is_the_mail_users_and_dovecot_waits_for_it():
+    data = evaluate()
+    sock = data["sockets"]["chatmail-lastlogin"]
+    assert sock["listenStreams"] == ["/run/chatmail-lastlogin/lastlogin.socket"]
+    assert sock["socketConfig"]["SocketUser"] == "vmail" and sock["socketConfig"]["SocketMode"] == "0660"
+    assert "chatmail-lastlogin.socket" in data["ordering"]["dovecot"]
+    assert "chatmail-lastlogin.service" not in data["ordering"]["dovecot"]
+
+
+def test_the_new_account_socket_listens_where_nginx_proxies_new():
+    data = evaluate()
+    assert data["sockets"]["chatmail-newemail"]["listenStreams"] == ["127.0.0.1:10091"]
+    text = unitfiles.socket_unit("chatmail-newemail", data["sockets"]["chatmail-newemail"]).files[
+        "chatmail-newemail.socket"]
+    assert "ListenStream=127.0.0.1:10091\n" in text

@@ -5,9 +5,10 @@
 #   filtermail           outgoing filter: only OpenPGP-encrypted mail may leave
 #   filtermail-incoming  incoming filter (port 25 and /mxdeliv)
 #   chatmail-metadata    IMAP METADATA dict for Dovecot; device tokens and push notifications
-#                        (socket-activated: its socket stays open across restarts)
 #   chatmail-lastlogin   records the day of each IMAP login (Dovecot dict)
 #   chatmail-newemail    /new: suggests an address and password to new users
+#                        (these three are socket-activated: systemd holds their sockets, starts
+#                        them on the first connection, and they leave when idle)
 #   chatmail-expire      daily: removes old mail and unused accounts
 #   chatmail-fsreport    daily: storage and login statistics in the journal
 #   chatmail-metrics     with metrics.enable, every metrics.interval: `chatmail metrics` writes
@@ -75,7 +76,7 @@ in
 
     systemd.services = lib.mapAttrs service units.services;
     systemd.timers = lib.mapAttrs timer (lib.filterAttrs (_: isTimed) units.services);
-    # chatmail-metadata's socket stays open while the daemon restarts.
+    # The on-demand daemons' sockets: open while a daemon is down, idle or restarting.
     systemd.sockets = units.sockets;
     systemd.tmpfiles.rules = units.tmpfiles;
   };

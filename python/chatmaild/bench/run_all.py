@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{figure:<40}{measured:>14}{goal_text:>16}  {'yes' if met else 'no'}" + (f"  ({note})" if note else ""))
     for key in sorted(k for k in figures if k.endswith(".cpu_ms")):
         print(f"  daemon CPU per request, {key.removesuffix('.cpu_ms')}: {figures[key][0]:.3f} ms")
+    for key in sorted(k for k in figures if k.endswith(".first_request_ms")):
+        name = key.removeprefix("memory.").removesuffix(".first_request_ms")
+        running = figures.get(f"memory.{name}.running_mib", (0.0, ""))[0]
+        print(f"  {name}, started on demand: first answer after {figures[key][0]:.0f} ms "
+              f"(start included), {running:.0f} MiB while it runs, 0 once it left")
     if "memory.total_pss_mb" in figures:
         print(f"  idle memory of all daemons as PSS (shared pages divided): {figures['memory.total_pss_mb'][0]:.0f} MB")
     if scale != 1:

@@ -378,3 +378,17 @@ def test_non_ascii_spellings_do_not_reach_or_create_ascii_accounts(run_server, c
     run_server(scenario)
     accounts = sorted(path.name for path in config.mailboxes_dir.iterdir())
     assert accounts == ["abcdefghk@chat.example.org", existing]
+
+
+def test_the_daemon_loads_the_file_lock_library_only_to_create_an_account() -> None:
+    """Logins of existing accounts, the daemon's everyday work, need no lock: its idle
+    memory (a fixed cost of every relay) does not carry the library."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, chatmaild.doveauth; print('filelock' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

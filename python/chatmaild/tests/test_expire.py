@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -261,21 +262,54 @@ def test_missing_mailboxes_dir_is_reported_and_nothing_else_happens(
     assert not config.mailboxes_dir.exists()
 
 
+class SpyEntry:
+    """A directory entry as expire sees it, reporting what is asked of it."""
+
+    def __init__(self, entry: os.DirEntry[str], spy: ScandirSpy) -> None:
+        self._entry, self._spy = entry, spy
+        self.name, self.path = entry.name, entry.path
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        return self._entry.is_dir(follow_symlinks=follow_symlinks)
+
+    def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        result = self._entry.is_file(follow_symlinks=follow_symlinks)
+        self._spy.after_is_file(self._entry)
+        return result
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        self._spy.stat_calls.append(self.name)
+        return self._entry.stat(follow_symlinks=follow_symlinks)
+
+
+class ScandirSpy:
+    """Replaces expire's os.scandir; counts stat calls and can delete a file "meanwhile"."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, vanish_after_is_file: str | None = None) -> None:
+        self.stat_calls: list[str] = []
+        self.vanish = vanish_after_is_file
+        real_scandir = os.scandir
+
+        @contextlib.contextmanager
+        def scandir(path: str) -> Iterator[Iterator[SpyEntry]]:
+            with real_scandir(path) as listing:
+                yield (SpyEntry(entry, self) for entry in listing)
+
+        monkeypatch.setattr(expire.os, "scandir", scandir)
+
+    def after_is_file(self, entry: os.DirEntry[str]) -> None:
+        if entry.name == self.vanish:
+            os.unlink(entry.path)  # another process deletes it right now
+
+
 def test_a_file_that_vanishes_between_listing_and_stat_is_skipped(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mailbox = make_account(config)
     vanishing = touch(mailbox / "cur" / "vanishing", age_days=30)
     other = touch(mailbox / "cur" / "other", age_days=30)
-    real_is_file = expire._is_file
+    ScandirSpy(monkeypatch, vanish_after_is_file="vanishing")
 
-    def is_file_then_vanish(entry: os.DirEntry[str]) -> bool:
-        result = real_is_file(entry)
-        if entry.name == "vanishing":
-            os.unlink(entry.path)  # another process deletes it right now
-        return result
-
-    monkeypatch.setattr(expire, "_is_file", is_file_then_vanish)
     stats = run(config)
 
     assert not vanishing.exists()
@@ -484,21 +518,17 @@ def test_dovecot_message_names_give_age_and_size_without_a_stat(
     young = touch(mailbox / "new" / maildir_name(19, 300, 2), age_days=0, size=1)
     large_read = touch(mailbox / "cur" / maildir_name(8, LARGE_MESSAGE_BYTES + 1, 3), age_days=0, size=1)
     large_unread = touch(mailbox / "new" / maildir_name(8, LARGE_MESSAGE_BYTES + 1, 4), age_days=0, size=1)
-    stat_calls: list[str] = []
-    real_stat = expire._stat
+    spy = ScandirSpy(monkeypatch)
 
-    def counting_stat(entry: os.DirEntry[str]) -> os.stat_result | None:
-        stat_calls.append(entry.name)
-        return real_stat(entry)
-
-    monkeypatch.setattr(expire, "_stat", counting_stat)
     stats = run(config)
 
     assert not old.exists() and not large_read.exists()
     assert young.exists() and large_unread.exists()
     assert stats.files_removed == 2
     assert stats.bytes_removed == 300 + LARGE_MESSAGE_BYTES + 1  # the S= sizes
-    assert stat_calls == ["password"]
+    # No file is stat-ed while walking: the names carry time and size, and account data
+    # (password, index files) is only counted.
+    assert spy.stat_calls == []
 
 
 def test_message_names_without_size_fall_back_to_stat(config: Config) -> None:
@@ -521,15 +551,20 @@ def test_a_named_message_that_vanishes_before_its_deletion_is_not_counted(
 ) -> None:
     mailbox = make_account(config)
     vanishing = touch(mailbox / "cur" / maildir_name(30, 100, 1), age_days=30)
-    real_iter = expire.iter_mailbox_files
+    real_scandir = os.scandir
 
-    def listed_then_vanished(path: str) -> Iterator[expire.FileInfo]:
-        for info in real_iter(path):
-            if info.name == vanishing.name:
-                os.unlink(info.path)  # Dovecot deletes it right after we listed it
-            yield info
+    @contextlib.contextmanager
+    def listed_then_vanished(path: str) -> Iterator[Iterator[os.DirEntry[str]]]:
+        def entries() -> Iterator[os.DirEntry[str]]:
+            with real_scandir(path) as listing:
+                for entry in listing:
+                    if entry.name == vanishing.name:
+                        os.unlink(entry.path)  # Dovecot deletes it right after we listed it
+                    yield entry
 
-    monkeypatch.setattr(expire, "iter_mailbox_files", listed_then_vanished)
+        yield entries()
+
+    monkeypatch.setattr(expire.os, "scandir", listed_then_vanished)
     stats = run(config)
 
     assert stats.files_removed == 0
@@ -557,3 +592,77 @@ def test_expiry_handles_one_mailbox_at_a_time(config: Config) -> None:
     assert expiry.stats.accounts_scanned == 1
     assert expiry.stats.files_removed == 1
     assert expiry.stats.files_scanned == 2
+
+
+def test_deletions_run_in_a_pool_while_later_accounts_are_scanned_and_every_one_is_counted(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each unlink waits for the disk; deleting in a few threads overlaps those waits.
+    More accounts than are kept in flight, so the window is drained along the way."""
+    import threading
+
+    accounts = expire.MAX_PENDING_ACCOUNTS * 2 + 3
+    for i in range(accounts):
+        mailbox = make_account(config, f"user{i:04d}")
+        touch(mailbox / "cur" / maildir_name(30, 100, 1), age_days=30)
+        touch(mailbox / "new" / maildir_name(25, 50, 2), age_days=25)
+        touch(mailbox / "cur" / maildir_name(3, 70, 3), age_days=3)
+        touch(mailbox / "maildirsize", age_days=0)
+    gone = make_account(config, "inactive", login_age_days=100)
+    touch(gone / "cur" / maildir_name(30, 100, 1), age_days=30)
+    kept = make_account(config, "untouched")
+    touch(kept / "cur" / maildir_name(3, 70, 1), age_days=3)
+    touch(kept / "maildirsize", age_days=0)
+    threads: set[str] = set()
+    real_unlink = os.unlink
+
+    def unlink(path: str) -> None:
+        threads.add(threading.current_thread().name)
+        real_unlink(path)
+
+    monkeypatch.setattr(expire.os, "unlink", unlink)
+    stats = run(config)
+
+    assert threads and all(name.startswith("expire") for name in threads), threads
+    assert (stats.files_removed, stats.bytes_removed) == (2 * accounts, 150 * accounts)
+    assert (stats.accounts_removed, stats.account_files_removed) == (1, 2)
+    assert not gone.exists()
+    for i in range(accounts):
+        mailbox = config.mailboxes_dir / f"user{i:04d}@{DOMAIN}"
+        left = sorted(p.name for p in mailbox.rglob("*") if p.is_file())
+        assert left == sorted(["password", maildir_name(3, 70, 3)])
+    assert (kept / "maildirsize").exists(), "nothing went, so Dovecot's quota count stays"
+
+
+def test_a_dry_run_deletes_nothing_and_starts_no_threads(config: Config) -> None:
+    import threading
+
+    mailbox = make_account(config)
+    old = touch(mailbox / "cur" / maildir_name(30, 100, 1), age_days=30)
+    before = threading.active_count()
+    stats = run(config, remove=False)
+    assert old.exists() and stats.files_removed == 1
+    assert threading.active_count() == before
+
+
+def test_only_regular_files_count_as_messages_whatever_their_names_say(
+    config: Config, tmp_path: Path
+) -> None:
+    """Names are matched in bulk; the listing still decides what is a file. A directory or a
+    symbolic link named like an old message is no message, and a name with a newline in it
+    is one name, not two."""
+    mailbox = make_account(config)
+    outside = touch(tmp_path / "outside", age_days=0)
+    (mailbox / "cur").mkdir(parents=True)
+    os.symlink(outside, mailbox / "cur" / maildir_name(30, 100, 1))
+    folder = mailbox / "cur" / maildir_name(30, 100, 2)
+    inside = touch(folder / "note", age_days=30)  # in a directory named "...", not in cur/new/tmp
+    two_lines = touch(mailbox / "new" / (maildir_name(30, 7, 3) + "\n" + maildir_name(30, 9, 4)), age_days=30)
+    real = touch(mailbox / "new" / maildir_name(30, 5, 5), age_days=30)
+
+    stats = run(config)
+
+    assert (mailbox / "cur" / maildir_name(30, 100, 1)).is_symlink() and outside.exists()
+    assert inside.exists()
+    assert not two_lines.exists() and not real.exists()
+    assert (stats.files_removed, stats.bytes_removed) == (2, 7 + 5)

@@ -222,3 +222,42 @@ def test_an_aborted_upload_logs_one_line_and_no_traceback(make_config, caplog):
     ours = [r for r in caplog.records if r.name.startswith("chatmaild.mxdeliv")]
     assert [r.getMessage() for r in ours] == ["delivery aborted by the client before the end of the message"] * 3
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+LAZY_RECEIVER_CHILD = """
+import asyncio, socket, sys
+from chatmaild.config import read_config
+from chatmaild.filtermail import serve
+
+async def main():
+    config = read_config(sys.argv[1])
+    task = asyncio.create_task(serve(config, "incoming"))
+    await asyncio.sleep(0.5)
+    before = "aiohttp" in sys.modules
+    reader, writer = await asyncio.open_connection("127.0.0.1", config.filtermail_http_port_incoming)
+    writer.write(b"POST /mxdeliv HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\nConnection: close\\r\\n\\r\\n")
+    status = (await asyncio.wait_for(reader.readline(), 30)).decode().strip()
+    writer.close()
+    print(before, status, "aiohttp" in sys.modules)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_incoming_filter_loads_the_http_receiver_with_the_first_http_connection(make_config):
+    """aiohttp costs a third of the incoming filter's memory: a relay no one delivers to over
+    HTTPS never loads it, and the first connection, made before, is still served."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_filtermail import free_port
+
+    config = make_config(filtermail_smtp_port_incoming=free_port(), filtermail_http_port_incoming=free_port())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "CHATMAIL_SKIP_DKIM": "1"}
+    out = subprocess.run([sys.executable, "-c", LAZY_RECEIVER_CHILD, str(config.path)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "HTTP/1.1", "400", "Bad", "Request", "True"], out.stdout + out.stderr

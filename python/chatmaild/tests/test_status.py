@@ -133,6 +133,21 @@ def test_healthy_relay_shows_every_fact_and_exits_0(relay: Config) -> None:
     assert code == 0
 
 
+def test_a_socket_activated_daemon_that_left_when_idle_is_healthy_but_a_failed_one_is_not(
+    relay: Config,
+) -> None:
+    system = FakeSystem()
+    system.units["chatmail-newemail.service"].update(ActiveState="inactive", SubState="dead", Result="success")
+    assert status.collect_status(relay, runner=system, now=NOW).problems() == []
+    system.units["chatmail-newemail.service"].update(Result="exit-code")
+    assert status.collect_status(relay, runner=system, now=NOW).problems() == [
+        "chatmail-newemail.service is inactive (dead), last result exit-code"
+    ]
+    # An always-running daemon that is inactive is a problem even after a clean exit.
+    system.units["doveauth.service"].update(ActiveState="inactive", SubState="dead", Result="success")
+    assert "doveauth.service is inactive (dead)" in status.collect_status(relay, runner=system, now=NOW).problems()
+
+
 def test_a_failed_unit_makes_status_exit_1_and_names_it(relay: Config) -> None:
     system = FakeSystem()
     system.units["filtermail.service"].update(ActiveState="failed", SubState="failed", Result="exit-code")

@@ -105,6 +105,40 @@ let
     Restart = "always";
     RestartSec = "5s";
   };
+
+  # Daemons needed only now and then are started by their socket (see `sockets` below) and
+  # leave after this long with no open connection and nothing pending: an idle relay then
+  # runs no Python for them at all. A connection made meanwhile waits in systemd's socket.
+  idleExitSeconds = "300";
+  onDemand = restarting // {
+    # Leaving when idle is a clean exit; only a crash brings the daemon straight back.
+    Restart = "on-failure";
+  };
+  exitWhenIdle = [
+    "--exit-when-idle"
+    idleExitSeconds
+  ];
+  # The socket unit's side of an on-demand daemon: it asks for the service.
+  byItsSocket = name: {
+    requires = [ "${name}.socket" ];
+    after = [ "network.target" ] ++ resolver ++ [ "${name}.socket" ];
+  };
+  # A unix socket Dovecot's imap and lmtp processes (which run as the mail user) connect to.
+  # The directory is systemd's (root, 0755); the socket itself is the mail user's and its
+  # group's only.
+  dovecotSocket = path: description: {
+    inherit description;
+    wantedBy = [ "sockets.target" ];
+    listenStreams = [ path ];
+    socketConfig = {
+      SocketUser = paths.vmailUser;
+      SocketGroup = paths.vmailUser;
+      SocketMode = "0660";
+      DirectoryMode = "0755";
+      # Every imap and lmtp process connects after a restart (the daemon's own backlog).
+      Backlog = 1024;
+    };
+  };
   # Dovecot's passdb and dicts connect to these as soon as it serves a client.
   beforeDovecot = {
     before = [ "dovecot.service" ];
@@ -146,13 +180,6 @@ let
   mailboxes = {
     ProtectHome = "tmpfs";
     BindPaths = [ paths.mailboxesDir ];
-  };
-
-  # A unix socket Dovecot's imap and lmtp processes (which run as the mail user) connect to:
-  # the directory belongs to the mail user and its group; nobody else may enter.
-  socketDir = socket: {
-    RuntimeDirectory = baseName (dirOf' socket);
-    RuntimeDirectoryMode = "0750";
   };
 
   filtermail = direction: daemon {
@@ -260,13 +287,11 @@ in
     filtermail-incoming = filtermail "incoming";
 
     # Socket-activated (see `sockets` below): it also starts at boot, to send the pushes
-    # queued before a restart.
-    chatmail-metadata = daemon (beforeDovecot // {
+    # queued before a restart, and leaves when idle once none is pending.
+    chatmail-metadata = daemon (beforeDovecot // byItsSocket "chatmail-metadata" // {
       description = "chatmail IMAP METADATA and push notifications (Dovecot dict)";
-      requires = [ "chatmail-metadata.socket" ];
-      after = [ "network.target" ] ++ resolver ++ [ "chatmail-metadata.socket" ];
       serviceConfig =
-        restarting
+        onDemand
         // mailboxes
         // counting
         // {
@@ -275,7 +300,7 @@ in
             paths.chatmailIni
             "--socket"
             paths.metadataSocket
-          ];
+          ] ++ exitWhenIdle;
           # Push notifications go to the notification proxy over HTTPS (DNS included).
           RestrictAddressFamilies = [
             "AF_INET"
@@ -290,35 +315,39 @@ in
         // optionalAttrs turn { LoadCredential = [ "turn-secret:${secret}" ]; };
     });
 
-    chatmail-lastlogin = daemon (beforeDovecot // {
+    # Socket-activated: started by the first login's write (which Dovecot does not wait
+    # for), gone when no imap process holds a connection.
+    chatmail-lastlogin = daemon (beforeDovecot // byItsSocket "chatmail-lastlogin" // {
       description = "chatmail last-login recorder (Dovecot dict)";
+      wantedBy = [ ];
       serviceConfig =
-        restarting
+        onDemand
         // noNetwork
         // mailboxes
-        // socketDir paths.lastloginSocket
         // {
           ExecStart = [
             (exe "chatmail-lastlogin")
             paths.chatmailIni
             "--socket"
             paths.lastloginSocket
-          ];
+          ] ++ exitWhenIdle;
         };
     });
 
-    chatmail-newemail = daemon {
+    # Socket-activated: only someone setting up an account needs it.
+    chatmail-newemail = daemon (byItsSocket "chatmail-newemail" // {
       description = "chatmail /new: suggests a fresh address and password (behind nginx)";
+      wantedBy = [ ];
       serviceConfig =
-        restarting
+        onDemand
         // loopbackOnly
         // {
           ExecStart = [
             (exe "chatmail-newemail")
             paths.chatmailIni
-          ];
+          ] ++ exitWhenIdle;
         };
-    };
+    });
 
     # Removes old mail and unused accounts (dry run without --remove).
     chatmail-expire = daily "chatmail expiry of old mail and inactive accounts" [
@@ -431,24 +460,18 @@ in
     };
   };
 
-  # chatmail-metadata's socket belongs to systemd, not to the daemon: while the daemon
-  # restarts (a crash, a changed chatmail.ini) Dovecot's connections wait in the backlog
-  # instead of being refused, and no delivery loses its push notification. The daemon takes
-  # the socket from LISTEN_FDS. The directory is systemd's (root, 0755); the socket itself is
-  # the mail user's and its group's only, as Dovecot's imap and lmtp processes run as that user.
+  # These sockets belong to systemd, not to the daemons: systemd starts a daemon on the first
+  # connection, and while it is down (left when idle, a crash, a changed chatmail.ini)
+  # connections wait in the backlog instead of being refused, so no delivery loses its push
+  # notification. The daemons take the socket from LISTEN_FDS.
   sockets = {
-    chatmail-metadata = {
-      description = "chatmail IMAP METADATA socket (Dovecot dict)";
+    chatmail-metadata = dovecotSocket paths.metadataSocket "chatmail IMAP METADATA socket (Dovecot dict)";
+    chatmail-lastlogin = dovecotSocket paths.lastloginSocket "chatmail last-login socket (Dovecot dict)";
+    # nginx proxies /new here.
+    chatmail-newemail = {
+      description = "chatmail /new socket";
       wantedBy = [ "sockets.target" ];
-      listenStreams = [ paths.metadataSocket ];
-      socketConfig = {
-        SocketUser = paths.vmailUser;
-        SocketGroup = paths.vmailUser;
-        SocketMode = "0660";
-        DirectoryMode = "0755";
-        # Every imap and lmtp process connects after a restart (the daemon's own backlog).
-        Backlog = 1024;
-      };
+      listenStreams = [ settings.newemail_listen ];
     };
   };
 
@@ -499,7 +522,7 @@ in
       "doveauth.service"
       "chatmail-metadata.socket"
       "chatmail-metadata.service"
-      "chatmail-lastlogin.service"
+      "chatmail-lastlogin.socket"
     ];
     # With ACME, nginx must come first (it answers the HTTP-01 challenge); nixpkgs' ACME
     # module orders the certificate unit after it.

@@ -19,8 +19,6 @@ import os
 import secrets
 from pathlib import Path
 
-from filelock import FileLock
-
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_SECONDS = 10.0
@@ -82,6 +80,8 @@ class Blocklist:
 
     def _change(self, addr: str, *, add: bool) -> bool:
         """Rewrite the file under a lock, keeping every other line as it was."""
+        from filelock import FileLock  # only changing the list locks; doveauth only reads it
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_SECONDS):
             try:

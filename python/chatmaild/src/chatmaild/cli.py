@@ -56,6 +56,37 @@ def add_socket_arguments(
         parser.set_defaults(socket_config_key=config_key)
 
 
+def add_exit_when_idle_argument(parser: argparse.ArgumentParser) -> None:
+    """--exit-when-idle, for the daemons systemd starts on demand (socket activation)."""
+    parser.add_argument(
+        "--exit-when-idle",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="when serving a socket passed by systemd: exit after SECONDS with no open "
+        "connection and nothing pending; systemd starts the daemon again on the next connection",
+    )
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0, with an error that quotes the input."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:10090`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:10090")
+    return host, int(port)
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0, with an error that quotes the input."""
     try:

@@ -30,10 +30,11 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from .activation import drain, inherited_socket, wait_until_idle
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,17 @@ class DictProxy:
     written, a notification queued) is done before Dovecot sees the commit
     succeed.
     """
+
+    open_connections = 0
+    """Connections being served now (class defaults; each instance counts its own)."""
+    connections_served = 0
+    """Connections accepted since the start, open or closed."""
+    socket_activated = False
+    """True once :meth:`start` serves a socket systemd passed."""
+
+    def busy(self) -> bool:
+        """True while a connection is open; subclasses add work of their own (pending pushes)."""
+        return self.open_connections > 0
 
     async def handle_lookup(self, key: str, user: str) -> str | None:
         """Return the value stored under ``key`` for ``user``, or None for "not found"."""
@@ -188,6 +200,8 @@ class DictProxy:
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer requests of one Dovecot connection until it closes."""
         transactions: dict[str, Transaction] = {}
+        self.open_connections += 1
+        self.connections_served += 1
         try:
             while True:
                 try:
@@ -214,6 +228,7 @@ class DictProxy:
         except Exception:
             log.exception("dict connection failed")
         finally:
+            self.open_connections -= 1
             if transactions:
                 log.debug("connection closed with %s open transaction(s)", len(transactions))
             writer.close()
@@ -229,6 +244,7 @@ class DictProxy:
         refused, and no delivery loses its push notification.
         """
         inherited = inherited_socket(socket_path)
+        self.socket_activated = inherited is not None
         if inherited is not None:
             log.info("serving the socket systemd passed for %s", socket_path)
             return await asyncio.start_unix_server(
@@ -243,43 +259,27 @@ class DictProxy:
         os.chmod(path, SOCKET_MODE)
         return server
 
-    async def serve_forever(self, socket_path: str | Path) -> None:
-        """Listen on ``socket_path`` and serve until cancelled."""
+    async def serve_forever(self, socket_path: str | Path, exit_when_idle: float | None = None) -> None:
+        """Listen on ``socket_path`` and serve until cancelled.
+
+        With ``exit_when_idle`` and a socket passed by systemd, return
+        instead once no connection has been open and nothing pending (see
+        :meth:`busy`) for that many seconds, after serving every connection
+        accepted so far (see :mod:`chatmaild.activation`).
+        """
         server = await self.start(socket_path)
         log.info("dict service listening on %s", socket_path)
+        if exit_when_idle is not None and not self.socket_activated:
+            log.warning("--exit-when-idle ignored: the socket is our own, nobody would start us again")
+            exit_when_idle = None
         async with server:
-            await server.serve_forever()
-
-
-SD_LISTEN_FDS_START = 3
-"""The first file descriptor systemd passes (sd_listen_fds(3))."""
-
-
-def inherited_socket(socket_path: str | Path, environ: dict[str, str] | None = None) -> socket.socket | None:
-    """The listening unix socket systemd passed to this process for ``socket_path``, or None.
-
-    Follows sd_listen_fds(3): the descriptors start at 3, ``LISTEN_FDS``
-    says how many, and ``LISTEN_PID`` must be this process (otherwise the
-    variables were meant for a parent). The variables are removed so that
-    no child takes them as its own. A passed socket bound to another path
-    is a configuration error, and starting on the wrong socket would serve
-    nobody: that raises.
-    """
-    env = os.environ if environ is None else environ
-    pid, count = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
-    if not (pid.isascii() and pid.isdigit() and count.isascii() and count.isdigit()):
-        return None
-    if int(pid) != os.getpid() or int(count) < 1:
-        return None
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        env.pop(name, None)
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    bound = sock.getsockname()
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or bound != str(socket_path):
-        sock.detach()
-        raise ValueError(f"systemd passed a socket for {bound!r}, expected a unix stream socket {socket_path}")
-    sock.setblocking(False)
-    return sock
+            if exit_when_idle is None:
+                await server.serve_forever()
+                return
+            await wait_until_idle(exit_when_idle, self.busy, lambda: self.connections_served)
+            server.close()
+            await drain(self.busy)
+            log.info("idle for %s s, leaving the socket to systemd", exit_when_idle)
 
 
 def remove_stale_socket(path: Path) -> None:

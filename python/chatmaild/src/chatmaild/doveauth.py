@@ -33,11 +33,9 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from filelock import FileLock
-
 from . import metrics
 from .blocklist import Blocklist
-from .cli import parse_args_and_config, run_daemon
+from .cli import parse_args_and_config, parse_listen, run_daemon
 from .config import Config
 from .logsetup import add_verbose_flag
 from .sha512crypt import hash_password
@@ -189,6 +187,10 @@ class AccountStore:
 
     def _create(self, addr: str, password: str) -> str:
         """Create the account under the file lock (blocking; runs in a thread)."""
+        # Imported here: only creating an account needs it, and the daemon's idle
+        # memory is a fixed cost of every relay (filelock costs it 1.5 MB).
+        from filelock import FileLock
+
         user = self.config.get_user(addr)
         user.maildir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(user.maildir / "password.lock"), timeout=PASSWORD_LOCK_TIMEOUT_SECONDS):
@@ -434,15 +436,6 @@ def write_token_file(path: Path) -> str:
         tmp.unlink(missing_ok=True)
         raise
     return token
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:10090`` for IPv6)."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:10090")
-    return host, int(port)
 
 
 async def serve(config: Config, host: str, port: int, token_file: Path) -> None:

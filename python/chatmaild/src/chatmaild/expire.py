@@ -25,6 +25,15 @@ has hundreds of thousands of accounts and tens of millions of files, and the
 job must neither hold them in memory nor stop because Dovecot moved or
 deleted a file while it was looking (a file that vanishes is simply skipped).
 
+Deleting is the slow part, and not for Python's sake: on a journaling file
+system each ``unlink`` of a message waits for the disk (about 2 ms each on
+the test machine), while 16 of them in flight together cost little more
+than one. With ``--remove`` the accounts are therefore handed, once
+scanned, to a small pool of threads that deletes their files while the
+next accounts are scanned; an account's ``maildirsize`` goes only after all
+its deletions. Nothing is synced: a file whose deletion a crash undoes is
+simply deleted by the next run.
+
 It is a dry run unless ``--remove`` is given, so an operator can see what a
 changed setting would delete before it does.
 
@@ -36,21 +45,26 @@ the target it is given, so the relay makes room instead of bouncing mail.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import logging
+import operator
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from .cli import add_config_argument, non_negative_int
 from .config import Config, ConfigError, read_config
 from .logsetup import setup_logging
 from .user import PASSWORD_FILE
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +76,8 @@ LARGE_MESSAGE_BYTES = 200_000
 
 MESSAGE_DIRS = frozenset({"cur", "new", "tmp"})
 """Maildir subdirectories that hold messages; every other file is account data."""
+QUOTA_DIRS = frozenset({"cur", "new"})
+"""The subdirectories whose messages the quota counts (directly in the mailbox only)."""
 
 QUOTA_TRIM_SHARE = 0.7
 """The daily job trims each mailbox to this share of its quota (Dovecot's warning fires at 75 %)."""
@@ -74,9 +90,18 @@ QUOTA_FILE = "maildirsize"
 
 DEFAULT_PROGRESS_EVERY = 1000
 
+REMOVE_WORKERS = 16
+"""Threads deleting files with ``--remove``: deletions that wait for the disk overlap."""
+MAX_PENDING_ACCOUNTS = 64
+"""Accounts scanned ahead of their deletions; bounds the memory the job holds."""
+
 # Dovecot's maildir file names: "<unix time>.<unique part>,S=<size>[,W=<size>][:2,<flags>]".
 # S= is the logical (uncompressed) size, which is what the quota counts.
 _MAILDIR_NAME = re.compile(r"^(?P<time>\d+)\..*?,S=(?P<size>\d+)")
+# The same over many names joined by NUL: (name, time, size) of each that matches.
+_MAILDIR_NAMES = re.compile(r"(?:^|\0)((\d+)\.[^\0\n]*?,S=(\d+)[^\0]*)").findall
+_ARRIVAL = operator.itemgetter(1)
+_SIZE = operator.itemgetter(2)
 
 
 @dataclasses.dataclass
@@ -408,13 +433,29 @@ class Cutoffs:
 
 
 class Expiry:
-    """Applies the retention rules to one account after another."""
+    """Applies the retention rules to one account after another.
 
-    def __init__(self, cutoffs: Cutoffs, *, remove: bool, reporter: Reporter) -> None:
+    With a ``pool`` (``--remove`` of the daily job) the deletions of an
+    account run in the pool while the next accounts are scanned;
+    :meth:`finish` waits for them. Without one everything happens in
+    :meth:`process_mailbox` itself.
+    """
+
+    def __init__(
+        self,
+        cutoffs: Cutoffs,
+        *,
+        remove: bool,
+        reporter: Reporter,
+        pool: concurrent.futures.Executor | None = None,
+    ) -> None:
         self.cutoffs = cutoffs
         self.remove = remove
         self.reporter = reporter
         self.stats = ExpireStats()
+        self.pool = pool
+        # Accounts whose deletions are under way, oldest first: a finishing function each.
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
 
     def process_mailbox(self, mailbox: str) -> None:
         """Apply steps 1-5 of the module docstring to one account directory."""
@@ -432,53 +473,164 @@ class Expiry:
         if last_login is not None and last_login < self.cutoffs.inactive:
             day = time.strftime("%Y-%m-%d", time.gmtime(last_login))
             self.reporter.account(mailbox, f"last login {day}")
-            removed = remove_tree(mailbox, remove=self.remove)
-            self.stats.accounts_removed += 1
-            self.stats.account_files_removed += removed.files
-            self.stats.account_bytes_removed += removed.bytes
+            self._later(lambda: remove_tree(mailbox, remove=self.remove), self._count_account)
             return
 
         if last_login is None:
             self._remove_if_empty(mailbox)
             return
 
-        removed = Removed()
-        condemned: set[str] = set()
-        quota_total = 0
-        for info in iter_mailbox_files(mailbox):
-            self.stats.files_scanned += 1
-            if not info.is_message:
-                continue
-            expired = info.mtime < self.cutoffs.mails or (
-                info.parent == "cur" and info.size > LARGE_MESSAGE_BYTES and info.mtime < self.cutoffs.large
-            )
-            if expired:
-                if self.remove and not _unlink(info.path):
-                    continue
-                removed.add(info.size)
-                self.reporter.file(info.path, info.mtime, info.size)
-                if not self.remove and info.top_level:
-                    condemned.add(info.path)
-            elif info.top_level and info.parent != "tmp" and info.logical_size is not None:
-                quota_total += info.logical_size
-
+        doomed, quota_total = self._scan(mailbox)
+        trimmed = Removed()
         if quota_total > self.cutoffs.quota_target_bytes:
+            # The doomed files may still be on disk: they do not count again.
             trimmed = expire_to_target(
                 mailbox,
                 self.cutoffs.quota_target_bytes,
                 now=self.cutoffs.now,
                 remove=self.remove,
-                exclude=condemned,
+                exclude={path for path, _, _ in doomed},
                 on_remove=self.reporter.file,
             )
             self.stats.quota_files_removed += trimmed.files
-            removed.files += trimmed.files
-            removed.bytes += trimmed.bytes
+        if not self.remove:
+            self._count_files(doomed, [True] * len(doomed), trimmed)
+            return
+        paths = [path for path, _, _ in doomed]
+        self._later(
+            lambda: _unlink_all(mailbox, paths, forget_quota=trimmed.files > 0),
+            lambda done: self._count_files(doomed, done, trimmed),
+        )
 
+    def _scan(self, mailbox: str) -> tuple[list[tuple[str, float, int]], int]:
+        """The expired messages of one account (path, time, size), and the logical size of
+        the messages that stay in its top-level ``cur`` and ``new``.
+
+        :func:`iter_mailbox_files` with the rules folded in: this loop sees
+        every file of the relay, so it makes no object per file it keeps and
+        stats only files whose name does not say their time and size.
+        """
+        doomed: list[tuple[str, float, int]] = []
+        quota_total = scanned = 0
+        # (directory, holds messages, is a cur, its messages count for the quota)
+        pending = [(mailbox, False, False, False)]
+        while pending:
+            directory, named, in_cur, quota_dir = pending.pop()
+            with _open_dir(directory) as entries:
+                listed = list(entries)
+            subdirs: list[tuple[str, bool, bool, bool]] = []
+            if named:
+                rest, found, kept_bytes = self._scan_messages(directory, listed, in_cur, doomed)
+                scanned += found
+                if quota_dir:
+                    quota_total += kept_bytes
+            else:
+                rest = listed
+            for entry in rest:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        name = entry.name
+                        # The quota counts the top-level cur and new only.
+                        quota = directory == mailbox and name in QUOTA_DIRS
+                        subdirs.append((entry.path, name in MESSAGE_DIRS, name == "cur", quota))
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if not named:
+                        scanned += 1  # account data: counted, never touched
+                        continue
+                    # A message whose name does not say when it came and how big it is.
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since it was listed
+                except OSError as exc:
+                    log.warning("cannot read %s, skipped: %s", entry.path, exc)
+                    continue
+                scanned += 1
+                modified, size = st.st_mtime, st.st_size
+                if modified < self.cutoffs.mails or (
+                    in_cur and size > LARGE_MESSAGE_BYTES and modified < self.cutoffs.large
+                ):
+                    doomed.append((entry.path, modified, size))
+            pending.extend(reversed(subdirs))
+        self.stats.files_scanned += scanned
+        return doomed, quota_total
+
+    def _scan_messages(
+        self,
+        directory: str,
+        listed: list[os.DirEntry[str]],
+        in_cur: bool,
+        doomed: list[tuple[str, float, int]],
+    ) -> tuple[list[os.DirEntry[str]], int, int]:
+        """The regular files of a message directory whose names carry time and size.
+
+        Adds the expired ones to ``doomed``; returns the entries left for the
+        careful per-entry path (directories, other files), the number of
+        messages found and the logical size of those that stay. The names are matched in one
+        regular expression pass over all of them, NUL-separated (a file name
+        cannot hold a NUL): a relay has a million messages, and a Python-level
+        step per message is most of the job's time.
+        """
+        try:
+            files = [entry.name for entry in listed if entry.is_file(follow_symlinks=False)]
+        except OSError:
+            return listed, 0, 0  # the per-entry path logs what cannot be read
+        found = _MAILDIR_NAMES("\0".join(files))
+        mails, large = self.cutoffs.mails, self.cutoffs.large
+        prefix = os.path.join(directory, "")
+        # Whole columns at a time (map runs in C); a Python step only per expired message.
+        arrivals = list(map(int, map(_ARRIVAL, found)))
+        sizes = list(map(int, map(_SIZE, found)))
+        kept_bytes = sum(sizes)
+        if in_cur:
+            expired = [
+                i for i, (t, size) in enumerate(zip(arrivals, sizes))
+                if t < mails or (t < large and size > LARGE_MESSAGE_BYTES)
+            ]
+        else:
+            expired = [i for i, t in enumerate(arrivals) if t < mails]
+        for i in expired:
+            doomed.append((prefix + found[i][0], arrivals[i], sizes[i]))
+            kept_bytes -= sizes[i]
+        if len(found) == len(listed):
+            return [], len(found), kept_bytes
+        matched = {name for name, _, _ in found}
+        return [entry for entry in listed if entry.name not in matched], len(found), kept_bytes
+
+    def _later(self, work: Callable[[], object], count: Callable[[object], None]) -> None:
+        """Run ``work`` (deletions) in the pool, or now; ``count`` its result, in account order."""
+        if self.pool is None:
+            count(work())
+            return
+        future = self.pool.submit(work)
+        self._pending.append(lambda: count(future.result()))
+        while len(self._pending) > MAX_PENDING_ACCOUNTS:
+            self._pending.popleft()()
+
+    def finish(self) -> None:
+        """Wait for every deletion under way and count it."""
+        while self._pending:
+            self._pending.popleft()()
+
+    def _count_account(self, removed: object) -> None:
+        assert isinstance(removed, Removed)
+        self.stats.accounts_removed += 1
+        self.stats.account_files_removed += removed.files
+        self.stats.account_bytes_removed += removed.bytes
+
+    def _count_files(self, doomed: list[tuple[str, float, int]], done: object, trimmed: Removed) -> None:
+        """Count (and list) the deletions that happened; a file someone else deleted first does not count."""
+        assert isinstance(done, list)
+        removed = Removed(trimmed.files, trimmed.bytes)
+        verbose = self.reporter.verbose
+        for (path, mtime, size), ok in zip(doomed, done):
+            if ok:
+                removed.add(size)
+                if verbose:
+                    self.reporter.file(path, mtime, size)
         self.stats.files_removed += removed.files
         self.stats.bytes_removed += removed.bytes
-        if removed.files and self.remove:
-            _forget_quota(mailbox)
 
     def _remove_if_empty(self, mailbox: str) -> None:
         """A directory without a password is removed only if empty: we cannot tell what else it holds."""
@@ -499,6 +651,14 @@ class Expiry:
         self.stats.empty_dirs_removed += 1
 
 
+def _unlink_all(mailbox: str, paths: list[str], *, forget_quota: bool) -> list[bool]:
+    """Delete ``paths`` (which of them went), then ``maildirsize`` if anything went."""
+    done = [_unlink(path) for path in paths]
+    if forget_quota or any(done):
+        _forget_quota(mailbox)
+    return done
+
+
 def run_expire(
     config: Config,
     *,
@@ -509,11 +669,25 @@ def run_expire(
     progress_every: int = DEFAULT_PROGRESS_EVERY,
 ) -> ExpireStats:
     """Walk every account of ``config.mailboxes_dir`` once; return the counts."""
-    expiry = Expiry(Cutoffs.from_config(config, now), remove=remove, reporter=reporter)
-    started = time.monotonic()
     if not config.mailboxes_dir.is_dir():
         reporter.progress(f"no mailboxes found at: {config.mailboxes_dir}")
-        return expiry.stats
+        return ExpireStats()
+    if not remove:
+        return _run(config, Expiry(Cutoffs.from_config(config, now), remove=False, reporter=reporter),
+                    maxnum, progress_every)
+    import concurrent.futures  # only deleting needs threads
+
+    with concurrent.futures.ThreadPoolExecutor(REMOVE_WORKERS, thread_name_prefix="expire") as pool:
+        expiry = Expiry(Cutoffs.from_config(config, now), remove=True, reporter=reporter, pool=pool)
+        try:
+            return _run(config, expiry, maxnum, progress_every)
+        finally:
+            expiry.finish()
+
+
+def _run(config: Config, expiry: Expiry, maxnum: int | None, progress_every: int) -> ExpireStats:
+    reporter = expiry.reporter
+    started = time.monotonic()
     for entry in iter_mailboxes(config.mailboxes_dir):
         if maxnum is not None and expiry.stats.accounts_scanned >= maxnum:
             break

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli import add_socket_arguments, parse_args_and_config, run_daemon
+from .cli import add_exit_when_idle_argument, add_socket_arguments, parse_args_and_config, run_daemon
 from .config import Config
 from .dictproxy import DictProxy
 from .logsetup import add_verbose_flag
@@ -106,9 +106,10 @@ class LastLoginDictProxy(DictProxy):
         return True
 
 
-async def serve(config: Config, socket_path: Path) -> None:
-    """Serve the last-login dict on ``socket_path`` until cancelled."""
-    await LastLoginDictProxy(config).serve_forever(socket_path)
+async def serve(config: Config, socket_path: Path, exit_when_idle: float | None = None) -> None:
+    """Serve the last-login dict on ``socket_path`` until cancelled (or idle, see
+    :meth:`DictProxy.serve_forever`)."""
+    await LastLoginDictProxy(config).serve_forever(socket_path, exit_when_idle)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         "account's last IMAP login as the mtime of its password file.",
     )
     add_socket_arguments(parser, config_key="lastlogin_socket")
+    add_exit_when_idle_argument(parser)
     add_verbose_flag(parser)
     args, config = parse_args_and_config(parser, argv)
-    return run_daemon("chatmail-lastlogin", serve(config, args.socket))
+    return run_daemon("chatmail-lastlogin", serve(config, args.socket, args.exit_when_idle))
 
 
 if __name__ == "__main__":

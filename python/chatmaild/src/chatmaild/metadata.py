@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import appversions, metrics
-from .cli import add_socket_arguments, parse_args_and_config, run_daemon
+from .cli import add_exit_when_idle_argument, add_socket_arguments, parse_args_and_config, run_daemon
 from .config import Config
 from .dictproxy import DictProxy, SetRefused
 from .filedict import FileDict
@@ -180,6 +180,10 @@ class MetadataDictProxy(DictProxy):
         self.turn = turn
         self.appversions = appversions.load(config.appversions_file)
 
+    def busy(self) -> bool:
+        """A pending push notification keeps the daemon up as much as an open connection."""
+        return super().busy() or self.notifier.pending
+
     async def handle_lookup(self, key: str, user: str) -> str | None:
         match split_key(key):
             case ("priv", "devicetoken"):
@@ -236,8 +240,9 @@ class MetadataDictProxy(DictProxy):
         return False
 
 
-async def serve(config: Config, socket_path: Path) -> None:
-    """Resume queued notifications and serve the metadata dict until cancelled."""
+async def serve(config: Config, socket_path: Path, exit_when_idle: float | None = None) -> None:
+    """Resume queued notifications and serve the metadata dict until cancelled (or idle,
+    see :meth:`DictProxy.serve_forever`)."""
     metadata = Metadata(config.mailboxes_dir)
     counters = metrics.Counters.for_source(config.metrics_dir, "metadata")
     notifier = Notifier(
@@ -245,7 +250,7 @@ async def serve(config: Config, socket_path: Path) -> None:
     )
     await notifier.start()
     try:
-        await MetadataDictProxy(config, metadata, notifier).serve_forever(socket_path)
+        await MetadataDictProxy(config, metadata, notifier).serve_forever(socket_path, exit_when_idle)
     finally:
         await notifier.stop()
         counters.close()
@@ -259,12 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         "push notifications, and the relay's iroh, TURN and limit settings.",
     )
     add_socket_arguments(parser, config_key="metadata_socket")
+    add_exit_when_idle_argument(parser)
     add_verbose_flag(parser)
     args, config = parse_args_and_config(parser, argv)
     if not config.mailboxes_dir.is_dir():
         log.error("mailboxes_dir %s does not exist; create it before starting", config.mailboxes_dir)
         return 1
-    return run_daemon("chatmail-metadata", serve(config, args.socket))
+    return run_daemon("chatmail-metadata", serve(config, args.socket, args.exit_when_idle))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 from aiohttp import http_exceptions, web
@@ -100,10 +101,13 @@ def make_app(handler: FilterHandler) -> web.Application:
     return app
 
 
-async def start(handler: FilterHandler, host: str, port: int) -> web.AppRunner:
-    """Listen on ``host:port`` on the running loop; the caller cleans the runner up."""
+async def start(
+    handler: FilterHandler, host: str, port: int, sock: socket.socket | None = None
+) -> web.AppRunner:
+    """Listen on ``host:port`` (or serve the listening ``sock``) on the running loop; the
+    caller cleans the runner up."""
     runner = web.AppRunner(make_app(handler), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
     await site.start()
     return runner

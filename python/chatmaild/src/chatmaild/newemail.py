@@ -12,7 +12,9 @@ an existing name with a different password anyway.
 Upstream relays run this as a CGI script; here it is a small aiohttp service
 on ``newemail_listen`` that nginx proxies ``/new`` (and the legacy
 ``/cgi-bin/newemail.py``) to, which avoids a CGI runner and a process per
-request. Credentials are never logged, and the answer is marked
+request. systemd may hold the listening socket and start the service on the first
+request (socket activation, with ``--exit-when-idle``): it is needed only when someone
+sets up an account. Credentials are never logged, and the answer is marked
 ``Cache-Control: no-store`` so no proxy keeps a copy.
 
 Each client address may ask NEW_BURST times at once and then NEW_PER_MINUTE
@@ -25,6 +27,7 @@ single host usually has. nginx limits ``/new`` too; this is the second line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import logging
@@ -35,9 +38,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .cli import add_config_argument
+from . import activation
+from .cli import add_config_argument, add_exit_when_idle_argument, parse_listen, run_daemon
 from .config import Config, ConfigError, read_config
-from .doveauth import parse_listen
 from .logsetup import add_verbose_flag, setup_logging
 from .ratelimit import RateLimiter, format_until
 
@@ -150,6 +153,38 @@ def make_app(config: Config, limiter: RateLimiter | None = None) -> web.Applicat
     return app
 
 
+async def serve(config: Config, host: str, port: int, exit_when_idle: float | None = None) -> None:
+    """Serve ``/new`` on ``host:port``, or on the socket systemd passed for it, until cancelled.
+
+    With ``exit_when_idle`` and a socket from systemd, return once no
+    connection has been open and no request made for that many seconds
+    (see :mod:`chatmaild.activation`).
+    """
+    # No access log: the peer is nginx, and request lines would only add noise.
+    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        inherited = activation.inherited_socket((host, port))
+        site = web.SockSite(runner, inherited) if inherited else web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("serving %s for %s on %s:%s", ", ".join(ROUTES), config.mail_domain, host, port)
+        if exit_when_idle is not None and inherited is None:
+            log.warning("--exit-when-idle ignored: the socket is our own, nobody would start us again")
+            exit_when_idle = None
+        if exit_when_idle is None:
+            await asyncio.Event().wait()
+            return
+        server = runner.server
+        assert server is not None  # set by runner.setup()
+        await activation.wait_until_idle(
+            exit_when_idle, lambda: bool(server.connections), lambda: server.requests_count
+        )
+        log.info("idle for %s s, leaving the socket to systemd", exit_when_idle)
+    finally:
+        # Stops listening, then lets requests in progress finish.
+        await runner.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chatmail-newemail``."""
     parser = argparse.ArgumentParser(
@@ -163,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HOST:PORT",
         help="address to listen on (default: newemail_listen from CONFIG, 127.0.0.1:10091)",
     )
+    add_exit_when_idle_argument(parser)
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -171,14 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_listen(args.listen or config.newemail_listen)
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
-    log.info("serving %s for %s on %s:%s", ", ".join(ROUTES), config.mail_domain, host, port)
-    try:
-        # No access log: the peer is nginx, and request lines would only add noise.
-        web.run_app(make_app(config), host=host, port=port, access_log=None, print=None)
-    except OSError as exc:
-        log.error("chatmail-newemail cannot start on %s:%s: %s", host, port, exc)
-        return 1
-    return 0
+    return run_daemon("chatmail-newemail", serve(config, host, port, args.exit_when_idle))
 
 
 if __name__ == "__main__":

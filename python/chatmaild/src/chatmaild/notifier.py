@@ -30,11 +30,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from . import metrics
 from .filedict import write_bytes_atomic
+
+if TYPE_CHECKING:
+    # aiohttp is imported when the first notification is sent: the daemon starts on
+    # demand (socket activation), and most starts only answer a lookup.
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +116,8 @@ class Notifier:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Open the HTTP session and resume every notification left on disk."""
+        """Resume every notification left on disk (the HTTP session opens with the first request)."""
         self.queue_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         for item in self.load_persisted():
             self._spawn(item)
 
@@ -126,6 +129,19 @@ class Notifier:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a notification waits to be sent or retried."""
+        return bool(self._tasks)
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The HTTP session, opened on first use."""
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
 
     async def wait_idle(self) -> None:
         """Wait until no notification is pending (for tests and orderly shutdown)."""
@@ -192,10 +208,11 @@ class Notifier:
 
     async def _attempt(self, item: QueueItem) -> bool:
         """POST the token once; True if the item is finished (sent or token dead)."""
-        assert self._session is not None, "Notifier.start() was not called"
+        import aiohttp
+
         async with self._slots:
             try:
-                async with self._session.post(self.url, data=item.token.encode("utf-8")) as response:
+                async with self._http().post(self.url, data=item.token.encode("utf-8")) as response:
                     status = response.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("notification request for %s failed: %s", item.addr, type(exc).__name__)

@@ -33,13 +33,21 @@ REQUIRED_UNITS = (
     "doveauth.service",
     "filtermail.service",
     "filtermail-incoming.service",
+    "chatmail-metadata.socket",
     "chatmail-metadata.service",
+    "chatmail-lastlogin.socket",
     "chatmail-lastlogin.service",
+    "chatmail-newemail.socket",
     "chatmail-newemail.service",
     "chatmail-expire.timer",
     "chatmail-fsreport.timer",
 )
-"""Units every relay runs: each must be active."""
+"""Units every relay runs: each must be active (ON_DEMAND_UNITS: or have left cleanly)."""
+
+ON_DEMAND_UNITS = frozenset(
+    {"chatmail-metadata.service", "chatmail-lastlogin.service", "chatmail-newemail.service"}
+)
+"""Started by their socket and gone when idle: inactive after a clean exit is healthy."""
 
 OPTIONAL_UNITS = ("opendkim.service", "nginx.service", "unbound.service", "coturn.service")
 """Units of parts that can be switched off: checked only where installed."""
@@ -77,6 +85,8 @@ class UnitState:
     def ok(self) -> bool:
         if not self.installed:
             return not self.required
+        if self.name in ON_DEMAND_UNITS and self.active == "inactive":
+            return self.result in ("success", "")
         return self.active == "active" and self.result in ("success", "")
 
 
