@@ -257,3 +257,24 @@ def test_exit_when_idle_must_be_a_positive_number_of_seconds(config, socket_path
         with pytest.raises(SystemExit):
             lastlogin.main([str(config.path), "--socket", str(socket_path), "--exit-when-idle", bad])
         assert f"argument --exit-when-idle: {bad!r} is not a" in capsys.readouterr().err
+
+
+def test_a_daemon_stopped_by_systemd_leaves_the_socket_file_in_place(config, account, socket_path):
+    """systemctl stop/restart sends SIGTERM; the socket file is systemd's and must stay, or
+    Dovecot finds nothing to connect to until the socket unit is restarted. (Leaving when idle
+    closes the server, where Python 3.13 would unlink it: the test above.)"""
+    import signal
+
+    addr = "someone01@chat.example.org"
+    login = f"B1\t{addr}\t0\nS1\tshared/last-login/{addr}\t1700000123\nC1\n".encode()
+    argv = lastlogin_argv(config, socket_path, idle=3600)
+    with unix_listener(socket_path) as listener:
+        proc = start_activated(listener, *argv)
+        assert dict_request(socket_path, login, 1) == b"O\n"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=EXIT_TIMEOUT)
+        assert socket_path.exists()
+        # ... and a connection made now waits for the next start.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
+            waiting.settimeout(EXIT_TIMEOUT)
+            waiting.connect(str(socket_path))

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import os
 import stat
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -247,8 +248,12 @@ class DictProxy:
         self.socket_activated = inherited is not None
         if inherited is not None:
             log.info("serving the socket systemd passed for %s", socket_path)
+            # The socket file is systemd's: since Python 3.13 closing the server would unlink
+            # it, and every later connection (Dovecot's) would find no file until the socket
+            # unit is restarted.
+            keep: dict[str, bool] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
             return await asyncio.start_unix_server(
-                self.serve_connection, sock=inherited, limit=MAX_LINE_BYTES + 1
+                self.serve_connection, sock=inherited, limit=MAX_LINE_BYTES + 1, **keep
             )
         path = Path(socket_path)
         remove_stale_socket(path)
