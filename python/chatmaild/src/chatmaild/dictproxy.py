@@ -251,10 +251,11 @@ class DictProxy:
             # The socket file is systemd's: since Python 3.13 closing the server would unlink
             # it, and every later connection (Dovecot's) would find no file until the socket
             # unit is restarted.
-            keep: dict[str, bool] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
-            return await asyncio.start_unix_server(
-                self.serve_connection, sock=inherited, limit=MAX_LINE_BYTES + 1, **keep
-            )
+            if sys.version_info >= (3, 13):
+                return await asyncio.start_unix_server(
+                    self.serve_connection, sock=inherited, limit=MAX_LINE_BYTES + 1, cleanup_socket=False
+                )
+            return await asyncio.start_unix_server(self.serve_connection, sock=inherited, limit=MAX_LINE_BYTES + 1)
         path = Path(socket_path)
         remove_stale_socket(path)
         with _umask(0o777 & ~SOCKET_MODE):
