@@ -25,11 +25,13 @@ stock Dovecot (not the relays' patched storage library).
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from pathlib import Path
 
 from fixtures import EXTRA_ZONES
-from hosts import CLASSIC, DNS, chroot_run, merged, run, write
+from hosts import CLASSIC, DNS, chroot_run, host_run, merged, run, write
 from relay import MASKED as RELAY_MASKED
 from rootfs import VMAIL_UID
 
@@ -224,8 +226,19 @@ def add_user(addr: str, password: str) -> None:
         raise ValueError(f"not an address of {DOMAIN}: {addr!r}")
     crypt = run(["openssl", "passwd", "-6", "-stdin"], capture=True, input=password).stdout.strip()
     users = merged(CLASSIC) / USERS.lstrip("/")
+    before = users.stat().st_mtime if users.exists() else 0.0
     with users.open("a") as f:
         f.write(f"{addr}:{{SHA512-CRYPT}}{crypt}:{VMAIL_UID}:{VMAIL_UID}::\n")
+    # Dovecot reads the file again when its time stamp moves: make sure it does, even for
+    # two users added within one second, and wait until Dovecot knows the new one (a lookup
+    # that still missed it would bounce the test's mail as "User doesn't exist").
+    stamp = max(time.time(), before + 1)
+    os.utime(users, (stamp, stamp))
+    for _ in range(50):
+        if host_run(CLASSIC, ["doveadm", "user", addr], check=False, capture=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"classic.test's Dovecot does not know {addr} after 10 s")
 
 
 def describe() -> str:
