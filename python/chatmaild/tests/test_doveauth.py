@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import stat
 from collections.abc import Awaitable, Callable
 
@@ -380,15 +381,42 @@ def test_non_ascii_spellings_do_not_reach_or_create_ascii_accounts(run_server, c
     assert accounts == ["abcdefghk@chat.example.org", existing]
 
 
-def test_the_daemon_loads_the_file_lock_library_only_to_create_an_account() -> None:
-    """Logins of existing accounts, the daemon's everyday work, need no lock: its idle
-    memory (a fixed cost of every relay) does not carry the library."""
+def test_the_daemon_creates_accounts_without_loading_a_file_lock_library(tmp_path) -> None:
+    """Account creation needs no lock (the password file is linked into place), so the
+    daemon's memory, a fixed cost of every relay, never carries the library."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    code = "import sys, chatmaild.doveauth; print('filelock' in sys.modules)"
+    code = (
+        "import sys, chatmaild.doveauth as d\n"
+        "from chatmaild.config import read_config\n"
+        f"store = d.AccountStore(read_config({str(tmp_path / 'chatmail.ini')!r}))\n"
+        "print(store._create('abcdefghi@chat.example.org', 'p' * 20)[:14], 'filelock' in sys.modules)"
+    )
+    (tmp_path / "chatmail.ini").write_text(
+        f"[params]\nmail_domain = chat.example.org\nmailboxes_dir = {tmp_path / 'mail'}\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split() == ["{SHA512-CRYPT}", "False"]
+    assert (tmp_path / "mail/abcdefghi@chat.example.org/password").read_text().startswith("{SHA512-CRYPT}$6$")
+
+
+def test_an_emptied_password_file_keeps_the_account_blocked_against_new_logins(run_server, config, caplog):
+    """Emptying ``password`` is how an operator blocks an account: a login with any
+    password must neither pass nor write a new hash over it."""
+    user = config.get_user(ADDR)
+    user.maildir.mkdir(parents=True)
+    user.password_path.write_text("")
+
+    async def scenario(port: int) -> None:
+        status, _ = await http(port, "POST", "/passdb", passdb_body())
+        assert status == 404
+
+    with caplog.at_level(logging.INFO, logger="chatmaild.doveauth"):
+        run_server(scenario)
+    assert user.password_path.read_text() == ""
+    assert f"Created address: {ADDR}" not in caplog.messages
+    assert [name for name in os.listdir(user.maildir) if name.startswith("password.tmp")] == []

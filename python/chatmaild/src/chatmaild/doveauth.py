@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hmac
@@ -47,7 +48,6 @@ TOKEN_HEADER = "x-chatmail-token"
 MAX_HEADER_BYTES = 8 * 1024
 MAX_BODY_BYTES = 4 * 1024
 IDLE_TIMEOUT_SECONDS = 60.0
-PASSWORD_LOCK_TIMEOUT_SECONDS = 5.0
 HASH_SCHEME_PREFIX = "{SHA512-CRYPT}"
 LOCALPART_PATTERN = re.compile(r"^[a-z0-9._-]+$")
 CONTENT_LENGTH_PATTERN = re.compile(r"[0-9]{1,9}")
@@ -113,14 +113,23 @@ def sufficient_resources(config: Config) -> Decision:
     return Decision(verdict.ok, verdict.reason)
 
 
+def creation_threads() -> int:
+    """Worker threads for account creation: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
 class AccountStore:
     """Looks up and creates accounts under ``mailboxes_dir``.
 
-    Creation is serialised per address twice: an asyncio lock keeps
-    concurrent logins in this process from queueing threads, and a file lock
-    (taken in a worker thread, since it blocks) protects against other
-    processes. The account is looked up again under the file lock, so a
-    password is never overwritten by a racing first login.
+    Concurrent first logins of one address: an asyncio lock keeps them in
+    this process from hashing the same password twice, and the account file
+    appears atomically or not at all (:meth:`User.create`), which settles any
+    race with another process without a lock. A password is never
+    overwritten by a racing first login.
     """
 
     def __init__(
@@ -135,6 +144,11 @@ class AccountStore:
         self.counters = counters or metrics.Counters.for_source(config.metrics_dir, "doveauth")
         self.blocklist = Blocklist(config.blocklist_file)
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # Hashing runs in C without the GIL, so one thread per CPU computes that many
+        # hashes at once; more threads would only queue for the GIL and the CPUs.
+        self._creators = concurrent.futures.ThreadPoolExecutor(
+            max_workers=creation_threads(), thread_name_prefix="create"
+        )
 
     def is_local(self, addr: str) -> bool:
         """Only addresses of this relay's domain are served."""
@@ -183,24 +197,23 @@ class AccountStore:
             existing = self.lookup(addr)
             if existing is not None:
                 return existing
-            return await asyncio.to_thread(self._create, addr, password)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._creators, self._create, addr, password)
 
-    def _create(self, addr: str, password: str) -> str:
-        """Create the account under the file lock (blocking; runs in a thread)."""
-        # Imported here: only creating an account needs it, and the daemon's idle
-        # memory is a fixed cost of every relay (filelock costs it 1.5 MB).
-        from filelock import FileLock
+    def _create(self, addr: str, password: str) -> str | None:
+        """Hash the password and create the account (blocking; runs in a worker thread).
 
+        No lock: :meth:`User.create` makes the account appear atomically,
+        and a racing first login, in this process or another, gets the hash
+        that won, so a password is never overwritten.
+        """
         user = self.config.get_user(addr)
-        user.maildir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(user.maildir / "password.lock"), timeout=PASSWORD_LOCK_TIMEOUT_SECONDS):
-            existing = user.get_password_hash()
-            if existing is not None:
-                return existing
-            password_hash = HASH_SCHEME_PREFIX + hash_password(password)
-            user.set_password(password_hash)
-        log.info("Created address: %s", addr)
-        self.counters.inc("chatmail_accounts_created_total")
+        created, password_hash = user.create(HASH_SCHEME_PREFIX + hash_password(password))
+        if created:
+            log.info("Created address: %s", addr)
+            self.counters.inc("chatmail_accounts_created_total")
+        elif password_hash is None:
+            log.warning("login refused: the password file of %s is empty (blocked)", addr)
         return password_hash
 
     @contextlib.asynccontextmanager

@@ -54,20 +54,63 @@ class User:
         """Store ``password_hash`` atomically and mark the account as encryption-only.
 
         Written to a temporary file and renamed over ``password`` so that a
-        concurrent reader or a crash never sees half a hash.
+        concurrent reader or a crash never sees half a hash. The marker comes
+        first: an account never exists, not even for a moment or after a
+        crash, without it.
         """
         self.maildir.mkdir(parents=True, exist_ok=True)
-        tmp = self.password_path.with_name(f"{PASSWORD_FILE}.tmp-{secrets.token_hex(8)}")
+        self.enforce_E2EE_path.touch()
+        tmp = self._write_temporary(password_hash)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fp:
-                fp.write(password_hash)
             os.replace(tmp, self.password_path)
         except OSError:
             log.exception("cannot write password file of %s", self.addr)
             tmp.unlink(missing_ok=True)
             raise
+
+    def create(self, password_hash: str) -> tuple[bool, str | None]:
+        """Create the account with ``password_hash`` unless its ``password`` file exists.
+
+        Returns whether this call created it, and the hash the account now
+        has: ``password_hash``, or what the existing file holds (None for an
+        empty file: an operator's block, which a login must not undo). The file is written under a temporary name and
+        hard-linked to ``password``: the link either makes the complete file
+        appear at once or fails because the name exists, so concurrent first
+        logins, in this process or another, need no lock, and exactly one of
+        them creates the account. The encryption marker is made before the
+        account exists.
+        """
+        try:
+            os.mkdir(self.maildir)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            self.maildir.mkdir(parents=True, exist_ok=True)
         self.enforce_E2EE_path.touch()
+        tmp = self._write_temporary(password_hash)
+        try:
+            os.link(tmp, self.password_path)
+        except FileExistsError:
+            return False, self.get_password_hash()
+        except OSError:
+            log.exception("cannot write password file of %s", self.addr)
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True, password_hash
+
+    def _write_temporary(self, content: str) -> Path:
+        """``content`` in a new private file next to ``password``; its path."""
+        tmp = self.password_path.with_name(f"{PASSWORD_FILE}.tmp-{secrets.token_hex(8)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fp:
+                fp.write(content)
+        except OSError:
+            log.exception("cannot write password file of %s", self.addr)
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     def is_incoming_cleartext_ok(self) -> bool:
         """Cleartext mail may be delivered only while the marker file is absent."""
