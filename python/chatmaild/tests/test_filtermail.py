@@ -916,3 +916,43 @@ def test_a_message_without_a_subject_or_without_a_body_keeps_its_bytes():
     assert filtermail.hide_subject(b"Subject: only a header") == b"Subject: [...]"
     assert filtermail.hide_subject(b"From: a\nSubject: bare LF\n\nSubject: x\n") == (
         b"From: a\nSubject: [...]\n\nSubject: x\n")
+
+
+def test_incoming_mail_whose_key_is_cached_is_verified_in_the_mime_thread(
+    run_filter, mails, make_config, dkim_domains, monkeypatch
+):
+    import threading
+
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    signed = [
+        dkim_domains.sign(mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+        for _ in range(3)
+    ]
+    forged = signed[2].replace(b"Subject:", b"Subject: x", 1)
+    full_checks: list[str] = []
+    cached_checks: list[str] = []
+    real_check, real_cached = DkimVerifier.check, DkimVerifier.verify_cached
+
+    async def recording_check(self, *args, **kwargs):
+        full_checks.append(threading.current_thread().name)
+        return await real_check(self, *args, **kwargs)
+
+    def recording_cached(self, *args, **kwargs):
+        cached_checks.append(threading.current_thread().name)
+        return real_cached(self, *args, **kwargs)
+
+    monkeypatch.setattr(DkimVerifier, "check", recording_check)
+    monkeypatch.setattr(DkimVerifier, "verify_cached", recording_cached)
+
+    async def scenario(relay: Relay) -> None:
+        for data in signed[:2]:
+            assert (await relay.send("alice@remote.example", [strict], data))[0] == 250
+        assert (await relay.send("alice@remote.example", [strict], forged))[0] == 554
+        assert len(relay.postfix.received) == 2
+
+    run_filter("incoming", scenario)
+    # The first message fetches the key (full check); the second is verified with the
+    # cached key in the MIME thread alone; the forged one fails there and gets the full check.
+    assert len(full_checks) == 2
+    assert len(cached_checks) == 3 and all(name.startswith("mimecheck") for name in cached_checks)

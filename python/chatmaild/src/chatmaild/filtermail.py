@@ -552,13 +552,13 @@ class FilterHandler:
 
     async def _process(self, mail_from: str, rcpt_tos: list[str], data: bytes, client_address: str | None) -> str:
         loop = asyncio.get_running_loop()
-        verdict, prepared = await loop.run_in_executor(
+        verdict, prepared, verified = await loop.run_in_executor(
             self.executor, self.judge_and_prepare, mail_from, rcpt_tos, data
         )
         if not verdict.accept:
             log.info("%s: rejected %s mail from <%s>: %s", self.mode, verdict.kind, mail_from, verdict.reply)
             return verdict.reply
-        if self.mode == "incoming":
+        if self.mode == "incoming" and not verified:
             refusal = await self.check_origin(data, verdict, client_address, prepared)
             if refusal is not None:
                 return refusal
@@ -570,23 +570,31 @@ class FilterHandler:
 
     def judge_and_prepare(
         self, mail_from: str, rcpt_tos: list[str], data: bytes
-    ) -> tuple[mimecheck.Verdict, dkimcheck.Prepared | None]:
-        """:meth:`judge`, and for accepted incoming mail the DKIM parse too (both in the executor).
+    ) -> tuple[mimecheck.Verdict, dkimcheck.Prepared | None, bool]:
+        """:meth:`judge`, and for accepted incoming mail the DKIM work too (all in the executor).
 
-        Parsing for DKIM here, in the thread that already holds the
-        message, saves a second trip through a thread per message. Only
-        accepted mail is parsed, so cleartext still costs no DKIM work; a
-        parse that fails is left to :meth:`DkimVerifier.check`, which
-        refuses the message.
+        Returns the verdict, the DKIM parse, and whether the message's
+        signature already verified with a cached key. Parsing and, where
+        the key is cached (nearly always: senders write again), verifying
+        here, in the thread that already holds the message, saves up to two
+        more trips through a thread per message. Only accepted mail is
+        parsed, so cleartext still costs no DKIM work; a parse that fails,
+        or a signature not verified here, is left to
+        :meth:`DkimVerifier.check`, which looks keys up and decides.
         """
         verdict = self.judge(mail_from, rcpt_tos, data)
         prepared = None
+        verified = False
         if verdict.accept and self.dkim is not None and not verdict.from_addr.rpartition("@")[2].startswith("["):
             try:
                 prepared = self.dkim.prepare(data)
             except Exception:
-                prepared = None
-        return verdict, prepared
+                return verdict, None, False
+            try:
+                verified = self.dkim.verify_cached(prepared, verdict.from_addr)
+            except Exception:
+                log.debug("DKIM: verification with cached keys failed", exc_info=True)
+        return verdict, prepared, verified
 
     def judge(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> mimecheck.Verdict:
         """Parse and judge one message (blocking CPU work: runs in the executor)."""
