@@ -13,7 +13,7 @@ from conftest import DOMAIN
 
 from chatmaild.dkimcheck import DkimVerifier
 from chatmaild import filtermail
-from chatmaild.filtermail import FilterHandler, main, make_smtp_factory
+from chatmaild.filtermail import FilterHandler, ParameterTolerantSMTP, main, make_smtp_factory
 from chatmaild.ratelimit import RateLimiter
 
 SENDER = f"sender@{DOMAIN}"
@@ -956,3 +956,27 @@ def test_incoming_mail_whose_key_is_cached_is_verified_in_the_mime_thread(
     # cached key in the MIME thread alone; the forged one fails there and gets the full check.
     assert len(full_checks) == 2
     assert len(cached_checks) == 3 and all(name.startswith("mimecheck") for name in cached_checks)
+
+
+@pytest.mark.parametrize("local_part_limit", [0, 8])
+def test_envelope_addresses_are_parsed_exactly_as_aiosmtpd_parses_them(local_part_limit):
+    arguments = [
+        "", "<>", "<a@b.example>", "a@b.example", "  <a@b.example> SIZE=10", "<a@b.example> NOTIFY=NEVER",
+        '<"quoted local"@b.example>', '"two@at"@signs.example', "<a(comment)@b.example>", "<@route:a@b.example>",
+        "<a@[192.0.2.1]>", "<a@[IPv6:2001:db8::1]>", "<müller@bücher.example>", "<a@b.example", "a@b.example>",
+        "<<a@b.example>>", "no-at-sign", "<a b@c.example>", "<verylonglocalpart@b.example>", "<.a@b.example>",
+        "<a..b@c.example>", "<a@>", "<@b.example>", "\x00<a@b.example>", "<a@b.example>\x00", ":", "<",
+        "<\"unterminated@b.example>", "a@b.example trailing words", "<a@b.example>rest",
+    ]
+    ours = ParameterTolerantSMTP(FakePostfix())
+    theirs = SMTP(FakePostfix())
+    ours.local_part_limit = theirs.local_part_limit = local_part_limit
+
+    def outcome(server: SMTP, arg: str) -> object:
+        try:
+            return server._getaddr(arg)
+        except Exception as exc:  # "<" alone: the email package itself raises IndexError
+            return type(exc)
+
+    for arg in arguments:
+        assert outcome(ours, arg) == outcome(theirs, arg), arg

@@ -39,6 +39,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import email._header_value_parser
+import email.errors
+
 import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
@@ -152,6 +155,31 @@ class ParameterTolerantSMTP(SMTP):
         forwarded.update(attributes)
         self.session.xforward = forwarded  # type: ignore[attr-defined]
         await self.push("250 2.0.0 Ok")
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address of a MAIL FROM or RCPT TO argument and the rest after it, as aiosmtpd reads them.
+
+        The same parse as aiosmtpd's (the email package's address grammar,
+        ``(None, None)`` if it fails or the local part is over
+        ``local_part_limit``), but aiosmtpd's version defines a typing class
+        on every call: two class creations per message, a tenth of the
+        filter's time on the event loop (profile). A test compares both on
+        a corpus of arguments.
+        """
+        if not arg:
+            return "", ""
+        parser = email._header_value_parser
+        try:
+            if arg.lstrip().startswith("<"):
+                token, rest = parser.get_angle_addr(arg)
+            else:
+                token, rest = parser.get_addr_spec(arg)
+        except email.errors.HeaderParseError:
+            return None, None
+        address: str = token.addr_spec
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, rest
 
 
     @syntax("DATA")
