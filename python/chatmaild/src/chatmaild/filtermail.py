@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 import email._header_value_parser
 import email.errors
 
-import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from . import metrics, mimecheck
+from .reinject import ReinjectClient, Refused
 from .cli import parse_args_and_config, run_daemon
 from .config import Config
 from .logsetup import add_verbose_flag
@@ -169,6 +169,7 @@ class ParameterTolerantSMTP(SMTP):
         if not arg:
             return "", ""
         parser = email._header_value_parser
+        token: Any
         try:
             if arg.lstrip().startswith("<"):
                 token, rest = parser.get_angle_addr(arg)
@@ -400,10 +401,10 @@ class ReinjectPool:
         self.host = host
         self.port = port
         self.clock = clock
-        self._idle: list[tuple[float, aiosmtplib.SMTP]] = []
+        self._idle: list[tuple[float, ReinjectClient]] = []
         self._reaper: asyncio.TimerHandle | None = None
 
-    async def acquire(self) -> aiosmtplib.SMTP:
+    async def acquire(self) -> ReinjectClient:
         """An idle connection that is still fresh, or a new one."""
         now = self.clock()
         while self._idle:
@@ -411,17 +412,9 @@ class ReinjectPool:
             if now - since <= self.MAX_IDLE_SECONDS and client.is_connected:
                 return client
             client.close()
-        client = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            use_tls=False,
-            start_tls=False,
-            timeout=REINJECT_TIMEOUT_SECONDS,
-        )
-        await client.connect()
-        return client
+        return await ReinjectClient.connect(self.host, self.port, REINJECT_TIMEOUT_SECONDS)
 
-    def release(self, client: aiosmtplib.SMTP) -> bool:
+    def release(self, client: ReinjectClient) -> bool:
         """Keep ``client`` for the next message; False if the pool is full (close it then)."""
         if len(self._idle) >= self.MAX_IDLE or not client.is_connected:
             return False
@@ -683,26 +676,24 @@ class FilterHandler:
         between "queued" and our client's 250 is a window in which a killed
         filter makes the client resend a message that is already on its way.
         """
-        client: aiosmtplib.SMTP | None = None
+        client: ReinjectClient | None = None
         try:
             client = await self.reinject_pool.acquire()
-            # SMTP.sendmail rather than aiosmtplib.send: only it takes the
-            # null sender (""), which bounces and incoming mail need.
-            refused, _ = await client.sendmail(mail_from, rcpt_tos, data)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0]
-            if client is not None:
-                self.close_later(client)
-            return passed_back(first.code, first.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            if client is not None:  # None: Postfix refused the connection itself
+            refused = await client.sendmail(mail_from, rcpt_tos, data)
+        except Refused as exc:  # RecipientsRefused too: the first recipient's refusal
+            if client is not None:  # None: Postfix refused the session itself (EHLO)
                 self.close_later(client)
             return passed_back(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except OSError as exc:
             if client is not None:
                 client.close()
             log.warning("reinjection to %s:%s failed: %s", REINJECT_HOST, self.reinject_port, exc)
             return "451 4.3.0 Local error: could not pass the message on, try again later"
+        except BaseException:
+            # An address that cannot be written on a command line (handle_exception defers it).
+            if client is not None:
+                client.close()
+            raise
         # Only a connection whose transaction ended well goes back to the pool.
         if not self.reinject_pool.release(client):
             self.close_later(client)
@@ -710,17 +701,17 @@ class FilterHandler:
             log.warning("reinjection: %d of %d recipients refused", len(refused), len(rcpt_tos))
         return "250 OK"
 
-    def close_later(self, client: aiosmtplib.SMTP) -> None:
+    def close_later(self, client: ReinjectClient) -> None:
         """End a reinjection session with QUIT without making anyone wait for it."""
         task = asyncio.get_running_loop().create_task(self._quit(client))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     @staticmethod
-    async def _quit(client: aiosmtplib.SMTP) -> None:
+    async def _quit(client: ReinjectClient) -> None:
         try:
             await asyncio.wait_for(client.quit(), QUIT_TIMEOUT_SECONDS)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (Refused, OSError):
             pass
         finally:
             client.close()
