@@ -390,3 +390,93 @@ def test_verifying_with_cached_keys_agrees_with_the_full_check(verifier, dkim_do
     assert verifier.verify_cached(verifier.prepare(tampered), ALICE) is False
     assert verifier.verify_cached(verifier.prepare(signed), "alice@other.example") is False
     assert verifier.verify_cached(verifier.prepare(signed), "alice@[192.0.2.1]") is False
+
+
+def _signed_corpus(mail: bytes) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+    """(case, message, DNS records by name): signed, tampered and malformed messages."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+
+    def pem(key) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+
+    def record(key, extra: bytes = b"") -> bytes:
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return b"v=DKIM1; k=rsa; " + extra + b"p=" + base64.b64encode(der)
+
+    k2048, k1024, other = _rsa_key(2048), _rsa_key(1024), _rsa_key(2048)
+    name = f"s._domainkey.{REMOTE}.".encode()
+
+    def sign(message: bytes, key, **options) -> bytes:
+        options.setdefault("include_headers", [b"from", b"to", b"subject", b"date", b"message-id"])
+        return dkim.sign(message, b"s", REMOTE.encode(), pem(key), **options) + message
+
+    good = sign(mail, k2048, canonicalize=(b"relaxed", b"relaxed"))
+    simple = sign(mail, k2048, canonicalize=(b"simple", b"simple"))
+    header, _, value = good.partition(b":")
+    tags = dict(part.strip().split(b"=", 1) for part in value.replace(b"\r\n", b"").split(b";") if b"=" in part)
+    records = {name: record(k2048)}
+    cases = [
+        ("relaxed/relaxed", good, records),
+        ("simple/simple", simple, records),
+        ("rsa-sha1", sign(mail, k2048, signature_algorithm=b"rsa-sha1"), records),
+        ("1024-bit key", sign(mail, k1024), {name: record(k1024)}),
+        ("signed by another key", sign(mail, other), records),
+        ("header changed", good.replace(b"Subject:", b"Subject: x", 1), records),
+        ("body changed", good.replace(b"-----END PGP MESSAGE", b"-----END PGP MESSAGF", 1), records),
+        ("header refolded", good.replace(b"Subject: ", b"Subject:\r\n  ", 1), records),
+        ("b= cut short", good.replace(tags[b"b"][:40], b"", 1), records),
+        ("b= not base64", good.replace(tags[b"b"][:8], b"!!!!!!!!", 1), records),
+        ("bh= not base64", good.replace(tags[b"bh"][:8], b"********", 1), records),
+        ("no key published", good, {}),
+        ("key record without p=", good, {name: b"v=DKIM1; k=rsa"}),
+        ("key p= not a key", good, {name: b"v=DKIM1; k=rsa; p=bm90IGEga2V5"}),
+        ("key of type ed25519", good, {name: b"v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(32))}),
+        ("key of an unknown type", good, {name: b"v=DKIM1; k=dsa; p=AAAA"}),
+        ("key for another service", good, {name: record(k2048, b"s=tlsrpt; ")}),
+        ("key with a wrong version", good, {name: record(k2048).replace(b"DKIM1", b"DKIM2")}),
+        ("unknown algorithm", good.replace(b"a=rsa-sha256", b"a=rsa-sha512", 1), records),
+        ("no header list", good.replace(b" h=", b" x=", 1), records),
+    ]
+    many = mail
+    for _ in range(20):
+        many = sign(many, other)
+    cases.append(("many failing signatures then a good one", sign(many, k2048), records))
+    return cases
+
+
+def test_verification_with_the_fast_paths_gives_dkimpys_own_verdict_on_every_message(mail, monkeypatch):
+    import dkim
+
+    from chatmaild import dkimcheck
+
+    def verdicts(message: bytes, records: dict[bytes, bytes]) -> list[object]:
+        signer = dkim.DKIM(message, logger=dkimcheck._dkimpy_log)
+        count = sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
+        results: list[object] = []
+        for index in range(count):
+            try:
+                results.append(signer.verify(idx=index, dnsfunc=lambda name, timeout=0: records.get(name)))
+            except Exception as exc:
+                results.append(type(exc).__name__)
+        return results
+
+    corpus = _signed_corpus(mail)
+    dkimcheck.install_fast_paths()
+    fast = [verdicts(message, records) for _, message, records in corpus]
+    fast_again = [verdicts(message, records) for _, message, records in corpus]  # parsed keys remembered now
+    monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_verify", dkimcheck._PURE_RSA_VERIFY)
+    monkeypatch.setattr(dkim, "load_pk_from_dns", dkimcheck._DKIMPY_LOAD_PK)
+    plain = [verdicts(message, records) for _, message, records in corpus]
+    for (case, _, _), ours, again, theirs in zip(corpus, fast, fast_again, plain):
+        assert ours == theirs == again, case
+    by_case = {case: result for (case, _, _), result in zip(corpus, plain)}
+    assert by_case["relaxed/relaxed"] == [True] and by_case["header changed"] == [False]
+    assert by_case["body changed"] == ["ValidationError"] and by_case["header refolded"] == [True]
+    assert by_case["many failing signatures then a good one"][0] is True

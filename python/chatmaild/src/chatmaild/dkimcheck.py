@@ -270,6 +270,7 @@ class _BoundedCache:
 
 
 _PURE_RSA_VERIFY = dkim.crypto.RSASSA_PKCS1_v1_5_verify
+_DKIMPY_LOAD_PK = dkim.load_pk_from_dns
 _parsed_keys = _BoundedCache(PARSED_KEYS_SIZE)
 _openssl_keys = _BoundedCache(PARSED_KEYS_SIZE)
 _NOT_FOR_OPENSSL = object()
