@@ -13,7 +13,7 @@ from conftest import DOMAIN
 
 from chatmaild.dkimcheck import DkimVerifier
 from chatmaild import filtermail
-from chatmaild.filtermail import FilterHandler, main, make_smtp_factory
+from chatmaild.filtermail import FilterHandler, ParameterTolerantSMTP, main, make_smtp_factory
 from chatmaild.ratelimit import RateLimiter
 
 SENDER = f"sender@{DOMAIN}"
@@ -916,3 +916,67 @@ def test_a_message_without_a_subject_or_without_a_body_keeps_its_bytes():
     assert filtermail.hide_subject(b"Subject: only a header") == b"Subject: [...]"
     assert filtermail.hide_subject(b"From: a\nSubject: bare LF\n\nSubject: x\n") == (
         b"From: a\nSubject: [...]\n\nSubject: x\n")
+
+
+def test_incoming_mail_whose_key_is_cached_is_verified_in_the_mime_thread(
+    run_filter, mails, make_config, dkim_domains, monkeypatch
+):
+    import threading
+
+    strict = f"strictuser@{DOMAIN}"
+    make_config().get_user(strict).set_password("{SHA512-CRYPT}$6$salt$hash")
+    signed = [
+        dkim_domains.sign(mails.make("encrypted", from_addr="alice@remote.example", to_addr=strict), REMOTE)
+        for _ in range(3)
+    ]
+    forged = signed[2].replace(b"Subject:", b"Subject: x", 1)
+    full_checks: list[str] = []
+    cached_checks: list[str] = []
+    real_check, real_cached = DkimVerifier.check, DkimVerifier.verify_cached
+
+    async def recording_check(self, *args, **kwargs):
+        full_checks.append(threading.current_thread().name)
+        return await real_check(self, *args, **kwargs)
+
+    def recording_cached(self, *args, **kwargs):
+        cached_checks.append(threading.current_thread().name)
+        return real_cached(self, *args, **kwargs)
+
+    monkeypatch.setattr(DkimVerifier, "check", recording_check)
+    monkeypatch.setattr(DkimVerifier, "verify_cached", recording_cached)
+
+    async def scenario(relay: Relay) -> None:
+        for data in signed[:2]:
+            assert (await relay.send("alice@remote.example", [strict], data))[0] == 250
+        assert (await relay.send("alice@remote.example", [strict], forged))[0] == 554
+        assert len(relay.postfix.received) == 2
+
+    run_filter("incoming", scenario)
+    # The first message fetches the key (full check); the second is verified with the
+    # cached key in the MIME thread alone; the forged one fails there and gets the full check.
+    assert len(full_checks) == 2
+    assert len(cached_checks) == 3 and all(name.startswith("mimecheck") for name in cached_checks)
+
+
+@pytest.mark.parametrize("local_part_limit", [0, 8])
+def test_envelope_addresses_are_parsed_exactly_as_aiosmtpd_parses_them(local_part_limit):
+    arguments = [
+        "", "<>", "<a@b.example>", "a@b.example", "  <a@b.example> SIZE=10", "<a@b.example> NOTIFY=NEVER",
+        '<"quoted local"@b.example>', '"two@at"@signs.example', "<a(comment)@b.example>", "<@route:a@b.example>",
+        "<a@[192.0.2.1]>", "<a@[IPv6:2001:db8::1]>", "<müller@bücher.example>", "<a@b.example", "a@b.example>",
+        "<<a@b.example>>", "no-at-sign", "<a b@c.example>", "<verylonglocalpart@b.example>", "<.a@b.example>",
+        "<a..b@c.example>", "<a@>", "<@b.example>", "\x00<a@b.example>", "<a@b.example>\x00", ":", "<",
+        "<\"unterminated@b.example>", "a@b.example trailing words", "<a@b.example>rest",
+    ]
+    ours = ParameterTolerantSMTP(FakePostfix())
+    theirs = SMTP(FakePostfix())
+    ours.local_part_limit = theirs.local_part_limit = local_part_limit
+
+    def outcome(server: SMTP, arg: str) -> object:
+        try:
+            return server._getaddr(arg)
+        except Exception as exc:  # "<" alone: the email package itself raises IndexError
+            return type(exc)
+
+    for arg in arguments:
+        assert outcome(ours, arg) == outcome(theirs, arg), arg
