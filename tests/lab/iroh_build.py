@@ -52,7 +52,8 @@ RECIPE = "2"
 # start their relay servers), without link-time optimisation or debug information. The
 # rest of the release profile stays (no debug assertions or overflow checks, as in the
 # deployed binary), and so do the crate's code, lock file and features. Measured on two
-# shared cores: 314 CPU seconds instead of the optimised build's 1476 s of wall time.
+# shared cores: 314 CPU seconds (273 s) instead of the optimised build's 940 (757 s, and up
+# to 1476 s on a busier machine), for a 24 MB binary instead of 12 MB.
 # Given as environment variables: `cargo install` builds the registry's crate, with no
 # manifest of ours to hold a profile.
 PROFILE = {
