@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import rootfs  # noqa: E402
+from builds import Clock, run_counted  # noqa: E402
 
 Progress = Callable[[str], None]
 
@@ -112,6 +113,12 @@ def cached_library(version: str, patch: Path = PATCH, cache_dir: Path = CACHE_DI
     return lib if (entry / ".complete").exists() and lib.exists() else None
 
 
+def build_log(version: str, cache_dir: Path = CACHE_DIR) -> Path:
+    """The log of this Debian version's build, while it runs or after it failed."""
+    entry = cache_entry(version, PATCH, cache_dir)
+    return entry.with_name(entry.name + ".partial") / "build.log"
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -139,22 +146,23 @@ def _build_entry(base: Path, version: str, progress: Progress) -> Path:
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     progress(f"building Dovecot {version}'s libdovecot-storage with {PATCH.name} in {partial}")
-    started = time.monotonic()
+    clock = Clock()
     out = partial / "out"
     out.mkdir()
-    report = _build(base, version, partial, out, progress)
-    report["build_seconds"] = round(time.monotonic() - started, 1)
+    report = _build(base, version, partial, out, progress, clock)
+    report.update(clock.figures())
     (out / "build.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / ".complete").write_text(cache_key(PATCH.read_bytes(), version) + "\n")
     out.rename(entry)
     _umount_below(partial)
     shutil.rmtree(partial)
     _prune_old(entry)
-    progress(f"patched libdovecot-storage ready after {report['build_seconds']:.0f} s: {entry / LIB_NAME}")
+    progress(f"patched libdovecot-storage ready after {report['build_seconds']:.0f} s "
+             f"({report['cpu_seconds']:.0f} CPU s): {entry / LIB_NAME}")
     return entry / LIB_NAME
 
 
-def _build(base: Path, version: str, partial: Path, out: Path, progress: Progress) -> dict:
+def _build(base: Path, version: str, partial: Path, out: Path, progress: Progress, clock: Clock) -> dict:
     ov = partial / "overlay"
     upper, work, merged = ov / "upper", ov / "work", ov / "merged"
     for d in (upper, work, merged):
@@ -175,15 +183,21 @@ def _build(base: Path, version: str, partial: Path, out: Path, progress: Progres
                    "DEB_BUILD_OPTIONS": "nocheck parallel=2"}
             log.write(f"\n### {step or script}\n")
             log.flush()
-            r = subprocess.run(["nice", "-n", "19", *cmd, "/bin/sh", "-ec", script], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            log.write(r.stdout)
+            # The step's output goes through a file: the CPU count needs the child's own
+            # wait status, which a pipe's reader would not give (see builds.run_counted).
+            with tempfile.TemporaryFile() as captured:
+                returncode, cpu = run_counted(["nice", "-n", "19", *cmd, "/bin/sh", "-ec", script],
+                                              env=env, stdout=captured)
+                captured.seek(0)
+                output = captured.read().decode(errors="replace")
+            clock.add(cpu)
+            log.write(output)
             log.flush()
-            if r.returncode != 0:
-                tail = "\n".join(r.stdout.splitlines()[-30:])
-                raise RuntimeError(f"{step or script} failed ({r.returncode}); "
+            if returncode != 0:
+                tail = "\n".join(output.splitlines()[-30:])
+                raise RuntimeError(f"{step or script} failed ({returncode}); "
                                    f"log: {partial}/build.log\n{tail}")
-            return r.stdout
+            return output
 
         mirror, suite = _debian_mirror(merged)
         # Debian's archive lacks some source files that its security archive has (see

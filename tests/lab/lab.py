@@ -44,6 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import builds  # noqa: E402
 import classic as classicmod  # noqa: E402
 import dovecot_build  # noqa: E402
 import iroh_build  # noqa: E402
@@ -97,10 +98,18 @@ def up() -> None:
             raise LabError(f"{tool} is missing: apt-get install debootstrap nix-bin iproute2 openssl "
                            "systemd-container util-linux")
     base = rootfs.ensure_rootfs(log)
-    # Dovecot without the 500 ms IDLE delay, as the NixOS module builds it (built once, cached).
-    dovecot = dovecot_build.ensure_patched_dovecot(log, base)
-    # The iroh relay in the version the lab's Delta Chat cores speak (built once, cached).
-    iroh = iroh_build.ensure_iroh_relay(log, base)
+    # Dovecot without the 500 ms IDLE delay, as the NixOS module builds it, and the iroh
+    # relay in the version the lab's Delta Chat cores speak: each built once and cached,
+    # side by side, so an empty cache waits for the longer build only.
+    try:
+        built = builds.run_side_by_side({
+            "dovecot": builds.Build(lambda p: dovecot_build.ensure_patched_dovecot(p, base),
+                                    dovecot_build.build_log(dovecot_build.debian_version(base))),
+            "iroh-relay": builds.Build(lambda p: iroh_build.ensure_iroh_relay(p, base), iroh_build.build_log()),
+        }, log)
+    except builds.BuildFailed as e:
+        raise LabError(str(e)) from e
+    dovecot, iroh = built["dovecot"], built["iroh-relay"]
     STATE.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
