@@ -22,17 +22,31 @@ MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^@>]+)@", re.IGNORECASE | re.MULTIL
 def mailbox_counts(relay: str, addr: str, prefix: str, inside: bool = False) -> Counter:
     """How often each message of a run (Message-ID <prefix-i@...>) is in the account's maildir.
 
+    Counted per stored file, not per directory entry seen: Dovecot moves a file from new/
+    to cur/ (keeping its base name, the part before ``:2,``) whenever it syncs the mailbox,
+    so a file read in new/ can be met again in cur/ a moment later, and must count once.
+    new/ is read before cur/ is listed, so a file moving meanwhile is met at least once.
+
     Read from this machine's view of the relay's tree, or with ``inside`` as the relay's own
     processes see it (a file system mounted inside the relay is invisible from here)."""
     path = f"{labmod.paths(relay)['mailboxesDir']}/{addr}"
-    counts: Counter = Counter()
-    if inside:
-        out = labmod.host_run(labmod.BY_NAME[relay], ["sh", "-c", f"cat '{path}'/new/* '{path}'/cur/* 2>/dev/null "
-                                                      "| grep -a -i '^Message-ID:' || true"], capture=True).stdout
-        for mid in MESSAGE_ID.findall(out.encode()):
+    ids: dict[str, str] = {}  # base name of the stored file -> its Message-ID
+
+    def note(name: str, head: bytes) -> None:
+        for mid in MESSAGE_ID.findall(head):
             if mid.decode().startswith(prefix + "-"):
-                counts[mid.decode()] += 1
-        return counts
+                ids[name.partition(":")[0]] = mid.decode()
+
+    if inside:
+        # One loop per directory, so cur/* is expanded only after new/ has been read.
+        loop = ('for f in {d}/*; do m=$(grep -a -i -m1 "^Message-ID:" "$f" 2>/dev/null) '
+                '&& printf "%s\\t%s\\n" "${{f##*/}}" "$m"; done')
+        script = f"cd '{path}' 2>/dev/null || exit 0; {loop.format(d='new')}; {loop.format(d='cur')}; exit 0"
+        out = labmod.host_run(labmod.BY_NAME[relay], ["sh", "-c", script], capture=True).stdout
+        for line in out.splitlines():
+            name, _, header = line.partition("\t")
+            note(name, header.encode())
+        return Counter(ids.values())
     home = relay_file(relay, path)
     for sub in ("new", "cur"):
         folder = home / sub
@@ -41,12 +55,10 @@ def mailbox_counts(relay: str, addr: str, prefix: str, inside: bool = False) -> 
         for path in folder.iterdir():
             try:
                 head = path.read_bytes()[:65536]
-            except FileNotFoundError:  # moved from new/ to cur/ meanwhile
+            except FileNotFoundError:  # moved from new/ to cur/ meanwhile: met there
                 continue
-            for mid in MESSAGE_ID.findall(head):
-                if mid.decode().startswith(prefix + "-"):
-                    counts[mid.decode()] += 1
-    return counts
+            note(path.name, head)
+    return Counter(ids.values())
 
 
 def queue_size(relay: str) -> int:
