@@ -52,11 +52,13 @@ import logging
 import operator
 import os
 import re
+import signal
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TextIO
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, TextIO
 
 from .cli import add_config_argument, non_negative_int
 from .config import Config, ConfigError, read_config
@@ -94,12 +96,19 @@ REMOVE_WORKERS = 16
 """Threads deleting files with ``--remove``: deletions that wait for the disk overlap."""
 MAX_PENDING_ACCOUNTS = 64
 """Accounts scanned ahead of their deletions; bounds the memory the job holds."""
+REMOVE_SWITCH_INTERVAL = 0.0002
+"""Seconds the scanning thread may hold the interpreter lock while deleting threads wait for it."""
+MAX_JOBS = 4
+"""At most this many worker processes by default: beyond that the disk, not the CPU, limits."""
 
 # Dovecot's maildir file names: "<unix time>.<unique part>,S=<size>[,W=<size>][:2,<flags>]".
 # S= is the logical (uncompressed) size, which is what the quota counts.
 _MAILDIR_NAME = re.compile(r"^(?P<time>\d+)\..*?,S=(?P<size>\d+)")
-# The same over many names joined by NUL: (name, time, size) of each that matches.
-_MAILDIR_NAMES = re.compile(r"(?:^|\0)((\d+)\.[^\0\n]*?,S=(\d+)[^\0]*)").findall
+# The same over many names, each preceded by a NUL: (name, time, size) of each that matches.
+# Written for speed, as it sees every message of the relay: the leading NUL lets the engine
+# jump from name to name, and the runs between commas replace a lazy scan that tried
+# ",S=" at every character. It finds the same first ",S=<digits>" as the pattern above.
+_MAILDIR_NAMES = re.compile(r"\0((\d+)\.[^\0\n,]*(?:,(?!S=\d)[^\0\n,]*)*,S=(\d+)[^\0]*)").findall
 _ARRIVAL = operator.itemgetter(1)
 _SIZE = operator.itemgetter(2)
 
@@ -292,6 +301,33 @@ def _unlink(path: str) -> bool:
     """Delete a file; False if it was already gone or cannot be deleted (logged)."""
     try:
         os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cannot delete %s: %s", path, exc)
+        return False
+    return True
+
+
+# A handle for *at() calls only (no read permission needed), never through a symbolic link.
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_parent(path: str) -> int | None:
+    """A handle on the directory ``path`` to delete in, or None if it is gone or not one (logged)."""
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot delete in %s: %s", path, exc)
+        return None
+
+
+def _unlink_in(directory: int, name: str, path: str) -> bool:
+    """:func:`_unlink` of ``name`` in the open ``directory`` (``path`` names it in the log)."""
+    try:
+        os.unlink(name, dir_fd=directory)
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -576,7 +612,7 @@ class Expiry:
             files = [entry.name for entry in listed if entry.is_file(follow_symlinks=False)]
         except OSError:
             return listed, 0, 0  # the per-entry path logs what cannot be read
-        found = _MAILDIR_NAMES("\0".join(files))
+        found = _MAILDIR_NAMES("\0" + "\0".join(files))
         mails, large = self.cutoffs.mails, self.cutoffs.large
         prefix = os.path.join(directory, "")
         # Whole columns at a time (map runs in C); a Python step only per expired message.
@@ -652,11 +688,42 @@ class Expiry:
 
 
 def _unlink_all(mailbox: str, paths: list[str], *, forget_quota: bool) -> list[bool]:
-    """Delete ``paths`` (which of them went), then ``maildirsize`` if anything went."""
-    done = [_unlink(path) for path in paths]
+    """Delete ``paths`` (which of them went), then ``maildirsize`` if anything went.
+
+    Each file is deleted by its name in its directory, opened once: the
+    kernel then does not walk the whole path again for every file, which is
+    a good part of an unlink's cost. A directory that is gone, or that is
+    no longer a directory (say, a symbolic link now), loses nothing.
+    """
+    done = []
+    directories: dict[str, int | None] = {}
+    try:
+        for path in paths:
+            parent, _, name = path.rpartition("/")
+            if parent not in directories:
+                directories[parent] = _open_parent(parent)
+            fd = directories[parent]
+            done.append(fd is not None and _unlink_in(fd, name, path))
+    finally:
+        for fd in directories.values():
+            if fd is not None:
+                os.close(fd)
     if forget_quota or any(done):
         _forget_quota(mailbox)
     return done
+
+
+class WorkerFailed(Exception):
+    """A worker process of the job died or failed: the run is incomplete."""
+
+
+def default_jobs() -> int:
+    """The processes ``chatmail-expire`` runs by default: one per usable CPU, at most :data:`MAX_JOBS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_JOBS))
 
 
 def run_expire(
@@ -667,31 +734,76 @@ def run_expire(
     reporter: Reporter,
     maxnum: int | None = None,
     progress_every: int = DEFAULT_PROGRESS_EVERY,
+    jobs: int = 1,
 ) -> ExpireStats:
-    """Walk every account of ``config.mailboxes_dir`` once; return the counts."""
+    """Walk every account of ``config.mailboxes_dir`` once; return the counts.
+
+    With ``jobs`` > 1 (and no ``maxnum``, which needs one count) the accounts
+    are shared out among that many worker processes, see :func:`_run_workers`.
+    Raises :class:`WorkerFailed` if one of them fails.
+    """
     if not config.mailboxes_dir.is_dir():
         reporter.progress(f"no mailboxes found at: {config.mailboxes_dir}")
         return ExpireStats()
+    cutoffs = Cutoffs.from_config(config, now)
+    if jobs > 1 and maxnum is None:
+        return _run_workers(config, cutoffs, remove=remove, reporter=reporter,
+                            progress_every=progress_every, jobs=jobs)
+    return _run_here(config, cutoffs, remove=remove, reporter=reporter, maxnum=maxnum,
+                     progress_every=progress_every)
+
+
+def _run_here(
+    config: Config,
+    cutoffs: Cutoffs,
+    *,
+    remove: bool,
+    reporter: Reporter,
+    maxnum: int | None = None,
+    progress_every: int = 0,
+    share: tuple[int, int] | None = None,
+    tick: Callable[[ExpireStats], None] | None = None,
+) -> ExpireStats:
+    """The job in this process, over all accounts or over the ``share`` (index, count) of them."""
     if not remove:
-        return _run(config, Expiry(Cutoffs.from_config(config, now), remove=False, reporter=reporter),
-                    maxnum, progress_every)
+        return _run(config, Expiry(cutoffs, remove=False, reporter=reporter), maxnum, progress_every,
+                    share, tick)
     import concurrent.futures  # only deleting needs threads
 
-    with concurrent.futures.ThreadPoolExecutor(REMOVE_WORKERS, thread_name_prefix="expire") as pool:
-        expiry = Expiry(Cutoffs.from_config(config, now), remove=True, reporter=reporter, pool=pool)
-        try:
-            return _run(config, expiry, maxnum, progress_every)
-        finally:
-            expiry.finish()
+    # The scan holds the interpreter lock for up to the switch interval (5 ms) at a
+    # time, while each deleting thread needs it for a moment after every unlink: a
+    # shorter interval keeps the deletions flowing while this thread scans.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(REMOVE_SWITCH_INTERVAL)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(REMOVE_WORKERS, thread_name_prefix="expire") as pool:
+            expiry = Expiry(cutoffs, remove=True, reporter=reporter, pool=pool)
+            try:
+                return _run(config, expiry, maxnum, progress_every, share, tick)
+            finally:
+                expiry.finish()
+    finally:
+        sys.setswitchinterval(interval)
 
 
-def _run(config: Config, expiry: Expiry, maxnum: int | None, progress_every: int) -> ExpireStats:
+def _run(
+    config: Config,
+    expiry: Expiry,
+    maxnum: int | None,
+    progress_every: int,
+    share: tuple[int, int] | None = None,
+    tick: Callable[[ExpireStats], None] | None = None,
+) -> ExpireStats:
     reporter = expiry.reporter
     started = time.monotonic()
     for entry in iter_mailboxes(config.mailboxes_dir):
         if maxnum is not None and expiry.stats.accounts_scanned >= maxnum:
             break
+        if share is not None and _share_of(entry.name, share[1]) != share[0]:
+            continue
         expiry.process_mailbox(entry.path)
+        if tick is not None:
+            tick(expiry.stats)
         scanned = expiry.stats.accounts_scanned
         if progress_every and scanned % progress_every == 0:
             s = expiry.stats
@@ -700,6 +812,148 @@ def _run(config: Config, expiry: Expiry, maxnum: int | None, progress_every: int
                 f"{s.files_removed} files removed, {time.monotonic() - started:.1f}s"
             )
     return expiry.stats
+
+
+def _share_of(name: str, jobs: int) -> int:
+    """Which worker handles the account ``name``: by a hash of the name, so that every
+    worker, listing the directory on its own, agrees even if accounts come or go meanwhile."""
+    return zlib.crc32(os.fsencode(name)) % jobs
+
+
+# --- worker processes ----------------------------------------------------
+#
+# A worker writes the job's output lines (the dry run's list, -v) to its pipe as they
+# come, and records that start with a NUL, which no path holds: "\0p <inactive>
+# <files removed>" after each account when progress is wanted, and "\0s <counts>" (the
+# fields of ExpireStats in order) when it is done. The parent copies the lines to its
+# own output, sums the counts and prints the progress lines.
+
+_STATS_FIELDS = [field.name for field in dataclasses.fields(ExpireStats)]
+
+
+def _run_workers(
+    config: Config, cutoffs: Cutoffs, *, remove: bool, reporter: Reporter, progress_every: int, jobs: int
+) -> ExpireStats:
+    """Run the job in ``jobs`` forked processes, each on the accounts :func:`_share_of` gives it.
+
+    Why processes: the scan is Python code that holds the interpreter lock,
+    so threads cannot spread it over the CPUs, and with ``--remove`` the
+    deleting threads of one process wait for that lock after every unlink.
+    Each worker is the whole single-process job (scan, and deleting
+    threads) on its share. They are forked before any thread is started.
+    """
+    children: dict[int, int] = {}  # read end of its pipe -> pid
+    try:
+        for index in range(jobs):
+            read_end, write_end = os.pipe()
+            reporter.out.flush()
+            reporter.err.flush()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child; its effects are what the tests see
+                os.close(read_end)
+                for other in children:
+                    os.close(other)
+                _worker(config, cutoffs, remove, reporter, progress_every, (index, jobs), write_end)
+            os.close(write_end)
+            children[read_end] = pid
+        return _collect(children, reporter, progress_every)
+    finally:
+        for read_end, pid in children.items():
+            with contextlib.suppress(OSError):
+                os.close(read_end)
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                    os.kill(pid, signal.SIGTERM)  # the parent failed: do not leave workers behind
+                    os.waitpid(pid, 0)
+
+
+def _worker(
+    config: Config,
+    cutoffs: Cutoffs,
+    remove: bool,
+    parent_reporter: Reporter,
+    progress_every: int,
+    share: tuple[int, int],
+    write_end: int,
+) -> NoReturn:  # pragma: no cover - runs in the child
+    """One worker process: the job on its share, output into the pipe; never returns."""
+    code = 1
+    try:
+        with open(write_end, "w", encoding="utf-8", errors="surrogateescape", buffering=1 << 16) as out:
+            reporter = Reporter(verbose=parent_reporter.verbose, dry_run=parent_reporter.dry_run,
+                                out=out, err=out)
+            tick = None
+            if progress_every:
+                # Flush often enough that the parent's progress lines come in time.
+                flush_every = max(1, progress_every // (2 * share[1]))
+
+                def tick(stats: ExpireStats) -> None:
+                    out.write(f"\0p {stats.accounts_removed} {stats.files_removed}\n")
+                    if stats.accounts_scanned % flush_every == 0:
+                        out.flush()
+
+            stats = _run_here(config, cutoffs, remove=remove, reporter=reporter, share=share, tick=tick)
+            out.write("\0s " + " ".join(str(getattr(stats, name)) for name in _STATS_FIELDS) + "\n")
+        code = 0
+    except BaseException:
+        log.exception("expire worker %d of %d failed", share[0] + 1, share[1])
+    finally:
+        os._exit(code)
+
+
+def _collect(children: dict[int, int], reporter: Reporter, progress_every: int) -> ExpireStats:
+    """Copy the workers' output, print progress, wait for them; their summed counts."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    started = time.monotonic()
+    total = ExpireStats()
+    latest = {fd: (0, 0) for fd in children}  # inactive accounts, files removed
+    scanned = 0
+    finished: set[int] = set()
+    partial = {fd: b"" for fd in children}
+    for fd in children:
+        selector.register(fd, selectors.EVENT_READ)
+    with selector:
+        while selector.get_map():
+            for key, _ in selector.select():
+                fd = key.fd
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    selector.unregister(fd)
+                    continue
+                *lines, partial[fd] = (partial[fd] + data).split(b"\n")
+                text = []
+                for line in lines:
+                    if not line.startswith(b"\0"):
+                        text.append(line.decode("utf-8", "surrogateescape") + "\n")
+                    elif line.startswith(b"\0p "):
+                        inactive, files = line[3:].split()
+                        latest[fd] = (int(inactive), int(files))
+                        scanned += 1
+                        if progress_every and scanned % progress_every == 0:
+                            reporter.progress(
+                                f"expire: {scanned} accounts scanned, "
+                                f"{sum(i for i, _ in latest.values())} inactive, "
+                                f"{sum(f for _, f in latest.values())} files removed, "
+                                f"{time.monotonic() - started:.1f}s"
+                            )
+                    elif line.startswith(b"\0s "):
+                        for name, value in zip(_STATS_FIELDS, line[3:].split(), strict=True):
+                            setattr(total, name, getattr(total, name) + int(value))
+                        finished.add(fd)
+                if text:
+                    reporter.out.write("".join(text))
+    failures = []
+    for fd, pid in children.items():
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code or fd not in finished:
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            failures.append(f"worker {pid} ({how})")
+    if failures:
+        raise WorkerFailed("the run is incomplete: " + ", ".join(failures) + " failed")
+    return total
 
 
 def format_summary(stats: ExpireStats, *, remove: bool, seconds: float) -> str:
@@ -723,6 +977,14 @@ def format_summary(stats: ExpireStats, *, remove: bool, seconds: float) -> str:
     if not remove:
         lines.append("Dry run: nothing was deleted. Run again with --remove to delete.")
     return "\n".join(lines)
+
+
+def _job_count(text: str) -> int:
+    """argparse type of ``--jobs``: a whole number >= 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
@@ -757,6 +1019,16 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
         metavar="N",
         help=f"print progress to stderr every N accounts, 0 for never (default: {DEFAULT_PROGRESS_EVERY})",
     )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_job_count,
+        default=default_jobs(),
+        metavar="N",
+        help="share the accounts out among N worker processes (default: the number of usable "
+        f"CPUs, at most {MAX_JOBS}; here {default_jobs()}); with more than one the listed lines "
+        "come in no fixed order. --maxnum always runs in one process",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="list every file deleted")
     args = parser.parse_args(argv)
     setup_logging(False)
@@ -769,14 +1041,20 @@ def main(argv: list[str] | None = None, *, now: float | None = None) -> int:
     current -= args.days * SECONDS_PER_DAY
     reporter = Reporter(verbose=args.verbose, dry_run=not args.remove, out=sys.stdout, err=sys.stderr)
     started = time.monotonic()
-    stats = run_expire(
-        config,
-        now=current,
-        remove=args.remove,
-        reporter=reporter,
-        maxnum=args.maxnum,
-        progress_every=args.progress_every,
-    )
+    try:
+        stats = run_expire(
+            config,
+            now=current,
+            remove=args.remove,
+            reporter=reporter,
+            maxnum=args.maxnum,
+            progress_every=args.progress_every,
+            jobs=args.jobs,
+        )
+    except WorkerFailed as exc:
+        sys.stdout.flush()
+        print(f"chatmail-expire: FAILED, {exc}", file=sys.stderr)
+        return 1
     print(format_summary(stats, remove=args.remove, seconds=time.monotonic() - started))
     if args.remove:
         count_removals(config, stats)
