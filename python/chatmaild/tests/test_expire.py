@@ -723,8 +723,8 @@ def test_worker_processes_remove_what_the_dry_run_listed(
     code, real, _ = run_main([str(config.path), "-v", "--remove", "--jobs", "3"], capsys)
 
     assert code == 0
-    assert sorted(line.replace("would remove", "removing") for line in dry if line.startswith("would remove "))\
-        == sorted(line for line in real if line.startswith("removing "))
+    listed = [line.replace("would remove", "removing") for line in dry if line.startswith("would remove ")]
+    assert sorted(listed) == sorted(line for line in real if line.startswith("removing "))
     assert any(line.startswith("Removed 3 out of 14 accounts (24 files, ") for line in real)
     left = sorted(p.relative_to(config.mailboxes_dir).as_posix() for p in config.mailboxes_dir.rglob("*")
                   if p.is_file())

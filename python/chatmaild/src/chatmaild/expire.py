@@ -889,17 +889,16 @@ def _worker(
         with open(write_end, "w", encoding="utf-8", errors="surrogateescape", buffering=1 << 16) as out:
             reporter = Reporter(verbose=parent_reporter.verbose, dry_run=parent_reporter.dry_run,
                                 out=out, err=out)
-            tick = None
-            if progress_every:
-                # Flush often enough that the parent's progress lines come in time.
-                flush_every = max(1, progress_every // (2 * share[1]))
+            # Flush often enough that the parent's progress lines come in time.
+            flush_every = max(1, progress_every // (2 * share[1]))
 
-                def tick(stats: ExpireStats) -> None:
-                    out.write(f"\0p {stats.accounts_removed} {stats.files_removed}\n")
-                    if stats.accounts_scanned % flush_every == 0:
-                        out.flush()
+            def tick(stats: ExpireStats) -> None:
+                out.write(f"\0p {stats.accounts_removed} {stats.files_removed}\n")
+                if stats.accounts_scanned % flush_every == 0:
+                    out.flush()
 
-            stats = _run_here(config, cutoffs, remove=remove, reporter=reporter, share=share, tick=tick)
+            stats = _run_here(config, cutoffs, remove=remove, reporter=reporter, share=share,
+                              tick=tick if progress_every else None)
             out.write("\0s " + " ".join(str(getattr(stats, name)) for name in _STATS_FIELDS) + "\n")
         code = 0
     except BaseException:
