@@ -832,8 +832,9 @@ def _share_of(name: str, jobs: int) -> int:
 # A worker writes the job's output lines (the dry run's list, -v) to its pipe as they
 # come, and records that start with a NUL, which no path holds: "\0p <inactive>
 # <files removed>" after each account when progress is wanted, and "\0s <counts>" (the
-# fields of ExpireStats in order) when it is done. The parent copies the lines to its
-# own output, sums the counts and prints the progress lines.
+# fields of ExpireStats in order) when it is done. The first worker, the process the
+# job started as, copies the lines to its own output, sums the counts and prints the
+# progress lines.
 
 _STATS_FIELDS = [field.name for field in dataclasses.fields(ExpireStats)]
 
@@ -841,17 +842,19 @@ _STATS_FIELDS = [field.name for field in dataclasses.fields(ExpireStats)]
 def _run_workers(
     config: Config, cutoffs: Cutoffs, *, remove: bool, reporter: Reporter, progress_every: int, jobs: int
 ) -> ExpireStats:
-    """Run the job in ``jobs`` forked processes, each on the accounts :func:`_share_of` gives it.
+    """Run the job in ``jobs`` processes, each on the accounts :func:`_share_of` gives it.
 
     Why processes: the scan is Python code that holds the interpreter lock,
     so threads cannot spread it over the CPUs, and with ``--remove`` the
     deleting threads of one process wait for that lock after every unlink.
     Each worker is the whole single-process job (scan, and deleting
-    threads) on its share. They are forked before any thread is started.
+    threads) on its share. This process is the first worker and forks the
+    others before it starts any thread; between two of its own accounts it
+    takes in what the others have sent, so no extra process sits waiting.
     """
     children: dict[int, int] = {}  # read end of its pipe -> pid
     try:
-        for index in range(jobs):
+        for index in range(1, jobs):
             read_end, write_end = os.pipe()
             reporter.out.flush()
             reporter.err.flush()
@@ -862,15 +865,19 @@ def _run_workers(
                     os.close(other)
                 _worker(config, cutoffs, remove, reporter, progress_every, (index, jobs), write_end)
             os.close(write_end)
+            os.set_blocking(read_end, False)
             children[read_end] = pid
-        return _collect(children, reporter, progress_every)
+        collector = _Collector(children, reporter, progress_every)
+        own = _run_here(config, cutoffs, remove=remove, reporter=reporter, share=(0, jobs),
+                        tick=collector.own_account)
+        return collector.finish(own)
     finally:
         for read_end, pid in children.items():
             with contextlib.suppress(OSError):
                 os.close(read_end)
             with contextlib.suppress(ChildProcessError):
                 if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    os.kill(pid, signal.SIGTERM)  # the parent failed: do not leave workers behind
+                    os.kill(pid, signal.SIGTERM)  # this process failed: do not leave workers behind
                     os.waitpid(pid, 0)
 
 
@@ -883,13 +890,13 @@ def _worker(
     share: tuple[int, int],
     write_end: int,
 ) -> NoReturn:  # pragma: no cover - runs in the child
-    """One worker process: the job on its share, output into the pipe; never returns."""
+    """One forked worker: the job on its share, output into the pipe; never returns."""
     code = 1
     try:
         with open(write_end, "w", encoding="utf-8", errors="surrogateescape", buffering=1 << 16) as out:
             reporter = Reporter(verbose=parent_reporter.verbose, dry_run=parent_reporter.dry_run,
                                 out=out, err=out)
-            # Flush often enough that the parent's progress lines come in time.
+            # Flush often enough that the progress lines come in time.
             flush_every = max(1, progress_every // (2 * share[1]))
 
             def tick(stats: ExpireStats) -> None:
@@ -907,59 +914,86 @@ def _worker(
         os._exit(code)
 
 
-def _collect(children: dict[int, int], reporter: Reporter, progress_every: int) -> ExpireStats:
-    """Copy the workers' output, print progress, wait for them; their summed counts."""
-    import selectors
+class _Collector:
+    """Takes in the forked workers' output: copies their lines, sums their counts, prints progress."""
 
-    selector = selectors.DefaultSelector()
-    started = time.monotonic()
-    total = ExpireStats()
-    latest = {fd: (0, 0) for fd in children}  # inactive accounts, files removed
-    scanned = 0
-    finished: set[int] = set()
-    partial = {fd: b"" for fd in children}
-    for fd in children:
-        selector.register(fd, selectors.EVENT_READ)
-    with selector:
-        while selector.get_map():
-            for key, _ in selector.select():
-                fd = key.fd
+    def __init__(self, children: dict[int, int], reporter: Reporter, progress_every: int) -> None:
+        import selectors
+
+        self.children = children
+        self.reporter = reporter
+        self.progress_every = progress_every
+        self.started = time.monotonic()
+        self.total = ExpireStats()
+        self.scanned = 0
+        self.latest: dict[int, tuple[int, int]] = {-1: (0, 0)}  # inactive, files removed; -1 is this one
+        self.latest.update((fd, (0, 0)) for fd in children)
+        self.finished: set[int] = set()
+        self.partial = {fd: b"" for fd in children}
+        self.selector = selectors.DefaultSelector()
+        for fd in children:
+            self.selector.register(fd, selectors.EVENT_READ)
+
+    def own_account(self, stats: ExpireStats) -> None:
+        """This process has done one more account: count it, and take in what has come."""
+        self.latest[-1] = (stats.accounts_removed, stats.files_removed)
+        self._one_more()
+        if self.selector.get_map():
+            self._take_in(timeout=0)
+
+    def finish(self, own: ExpireStats) -> ExpireStats:
+        """Take in the rest, wait for the workers; all counts summed (raises :class:`WorkerFailed`)."""
+        with self.selector:
+            while self.selector.get_map():
+                self._take_in(timeout=None)
+        failures = []
+        for fd, pid in self.children.items():
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code or fd not in self.finished:
+                how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                failures.append(f"worker {pid} ({how})")
+        if failures:
+            raise WorkerFailed("the run is incomplete: " + ", ".join(failures) + " failed")
+        for name in _STATS_FIELDS:
+            setattr(self.total, name, getattr(self.total, name) + getattr(own, name))
+        return self.total
+
+    def _one_more(self) -> None:
+        self.scanned += 1
+        if self.progress_every and self.scanned % self.progress_every == 0:
+            self.reporter.progress(
+                f"expire: {self.scanned} accounts scanned, "
+                f"{sum(i for i, _ in self.latest.values())} inactive, "
+                f"{sum(f for _, f in self.latest.values())} files removed, "
+                f"{time.monotonic() - self.started:.1f}s"
+            )
+
+    def _take_in(self, timeout: float | None) -> None:
+        for key, _ in self.selector.select(timeout):
+            fd = key.fd
+            try:
                 data = os.read(fd, 1 << 16)
-                if not data:
-                    selector.unregister(fd)
-                    continue
-                *lines, partial[fd] = (partial[fd] + data).split(b"\n")
-                text = []
-                for line in lines:
-                    if not line.startswith(b"\0"):
-                        text.append(line.decode("utf-8", "surrogateescape") + "\n")
-                    elif line.startswith(b"\0p "):
-                        inactive, files = line[3:].split()
-                        latest[fd] = (int(inactive), int(files))
-                        scanned += 1
-                        if progress_every and scanned % progress_every == 0:
-                            reporter.progress(
-                                f"expire: {scanned} accounts scanned, "
-                                f"{sum(i for i, _ in latest.values())} inactive, "
-                                f"{sum(f for _, f in latest.values())} files removed, "
-                                f"{time.monotonic() - started:.1f}s"
-                            )
-                    elif line.startswith(b"\0s "):
-                        for name, value in zip(_STATS_FIELDS, line[3:].split(), strict=True):
-                            setattr(total, name, getattr(total, name) + int(value))
-                        finished.add(fd)
-                if text:
-                    reporter.out.write("".join(text))
-    failures = []
-    for fd, pid in children.items():
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code or fd not in finished:
-            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-            failures.append(f"worker {pid} ({how})")
-    if failures:
-        raise WorkerFailed("the run is incomplete: " + ", ".join(failures) + " failed")
-    return total
+            except BlockingIOError:
+                continue
+            if not data:
+                self.selector.unregister(fd)
+                continue
+            *lines, self.partial[fd] = (self.partial[fd] + data).split(b"\n")
+            text = []
+            for line in lines:
+                if not line.startswith(b"\0"):
+                    text.append(line.decode("utf-8", "surrogateescape") + "\n")
+                elif line.startswith(b"\0p "):
+                    inactive, files = line[3:].split()
+                    self.latest[fd] = (int(inactive), int(files))
+                    self._one_more()
+                elif line.startswith(b"\0s "):
+                    for name, value in zip(_STATS_FIELDS, line[3:].split(), strict=True):
+                        setattr(self.total, name, getattr(self.total, name) + int(value))
+                    self.finished.add(fd)
+            if text:
+                self.reporter.out.write("".join(text))
 
 
 def format_summary(stats: ExpireStats, *, remove: bool, seconds: float) -> str:
