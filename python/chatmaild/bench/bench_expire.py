@@ -141,9 +141,10 @@ class MemorySampler(threading.Thread):
             self.sample()
 
 
-def run_child(args: list[str]) -> tuple[float, MemorySampler, int, str]:
-    """Run a command; return wall seconds, its memory peaks, the largest single process's
-    peak RSS in KiB (wait4) and its stdout."""
+def run_child(args: list[str]) -> tuple[float, MemorySampler, os.struct_rusage, str]:
+    """Run a command; return wall seconds, its memory peaks, its resource usage (wait4: its
+    CPU times include the workers it waited for; ``ru_maxrss`` is the largest single
+    process's peak RSS in KiB) and its stdout."""
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=sys.stderr)
     sampler = MemorySampler(proc.pid)
@@ -157,11 +158,14 @@ def run_child(args: list[str]) -> tuple[float, MemorySampler, int, str]:
     wall = time.perf_counter() - started
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} exited with {proc.returncode}")
-    return wall, sampler, rusage.ru_maxrss, out
+    return wall, sampler, rusage, out
 
 
-def memory_line(sampler: MemorySampler, maxrss: int) -> str:
+def figures_line(wall: float, sampler: MemorySampler, rusage: os.struct_rusage) -> str:
+    """Wall and CPU time (CPU hardly depends on what else the machine does), then the memory."""
+    maxrss = rusage.ru_maxrss
     return (
+        f"{wall:6.2f}s wall, CPU {rusage.ru_utime:.2f}s user + {rusage.ru_stime:.2f}s system; "
         f"peak memory of all its processes: PSS {sampler.peak_pss / 1024:.1f} MiB, "
         f"RSS {sampler.peak_rss / 1024:.1f} MiB (summed, sampled every {sampler.interval * 1000:.0f} ms); "
         f"largest single process {maxrss / 1024:.1f} MiB (ru_maxrss)"
@@ -241,14 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         if accounts * messages < 10000 * 100:
             print(f"SMALLER TREE than the goal's 10000 x 100: {accounts} x {messages}")
         report("expire.tree_messages", accounts * messages, f"{accounts}x{messages}")
-        wall, memory, maxrss, out = run_child(expire)
-        print(f"dry run:  {wall:6.2f}s wall, {memory_line(memory, maxrss)}")
+        wall, memory, rusage, out = run_child(expire)
+        print(f"dry run:  {figures_line(wall, memory, rusage)}")
         report("expire.dry.seconds", wall)
         report("expire.dry.pss_mib", memory.peak_pss / 1024)
         print("  " + out.strip().splitlines()[-2])
         after_dry = count_files(mailboxes)
-        wall, memory, maxrss, out = run_child(expire + ["--remove"])
-        print(f"--remove: {wall:6.2f}s wall, {memory_line(memory, maxrss)}")
+        wall, memory, rusage, out = run_child(expire + ["--remove"])
+        print(f"--remove: {figures_line(wall, memory, rusage)}")
         report("expire.remove.seconds", wall)
         report("expire.remove.pss_mib", memory.peak_pss / 1024)
         print("  " + out.strip().splitlines()[-1])
