@@ -861,3 +861,25 @@ def test_deletion_never_follows_a_message_directory_replaced_by_a_symbolic_link(
 
     assert done == [False, True]
     assert outside.exists() and not kept.exists()
+
+
+def test_worker_processes_share_the_deleting_threads(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many more unlinks in flight than REMOVE_WORKERS only contend in the kernel."""
+    import concurrent.futures
+
+    sizes: list[int] = []
+    real = concurrent.futures.ThreadPoolExecutor
+
+    def pool(max_workers: int, **kwargs: str) -> concurrent.futures.ThreadPoolExecutor:
+        sizes.append(max_workers)
+        return real(max_workers, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", pool)
+    make_account(config)
+    run_expire(config, now=NOW, remove=True, reporter=quiet_reporter(), jobs=2)  # this process: worker 1
+    run_expire(config, now=NOW, remove=True, reporter=quiet_reporter(), jobs=16)
+    run_expire(config, now=NOW, remove=True, reporter=quiet_reporter())
+
+    assert sizes == [expire.REMOVE_WORKERS // 2, expire.MIN_REMOVE_WORKERS, expire.REMOVE_WORKERS]

@@ -100,7 +100,11 @@ QUOTA_FILE = "maildirsize"
 DEFAULT_PROGRESS_EVERY = 1000
 
 REMOVE_WORKERS = 16
-"""Threads deleting files with ``--remove``: deletions that wait for the disk overlap."""
+"""Threads deleting files with ``--remove``, shared among the worker processes: deletions that
+wait for the disk overlap, while many more than this contend in the kernel (measured: one
+thread 13 000 unlinks/s, 16 threads 47 000/s, 64 threads 30 000/s)."""
+MIN_REMOVE_WORKERS = 4
+"""Deleting threads in each worker process, at least."""
 MAX_PENDING_ACCOUNTS = 64
 """Accounts scanned ahead of their deletions; bounds the memory the job holds."""
 REMOVE_SWITCH_INTERVAL = 0.0002
@@ -772,6 +776,7 @@ def _run_here(
     tick: Callable[[ExpireStats], None] | None = None,
 ) -> ExpireStats:
     """The job in this process, over all accounts or over the ``share`` (index, count) of them."""
+    threads = REMOVE_WORKERS if share is None else max(MIN_REMOVE_WORKERS, REMOVE_WORKERS // share[1])
     if not remove:
         return _run(config, Expiry(cutoffs, remove=False, reporter=reporter), maxnum, progress_every,
                     share, tick)
@@ -783,7 +788,7 @@ def _run_here(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(REMOVE_SWITCH_INTERVAL)
     try:
-        with concurrent.futures.ThreadPoolExecutor(REMOVE_WORKERS, thread_name_prefix="expire") as pool:
+        with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="expire") as pool:
             expiry = Expiry(cutoffs, remove=True, reporter=reporter, pool=pool)
             try:
                 return _run(config, expiry, maxnum, progress_every, share, tick)
