@@ -35,9 +35,10 @@ process, so the scans run side by side. With ``--remove`` each worker hands
 an account, once scanned, to a small pool of threads that deletes its files
 (by name, in the directory opened once) while the next accounts are
 scanned; an account's ``maildirsize`` goes only after all its deletions.
-The parent copies the workers' lines to its output (so with several
+The process the job started as is the first worker; between its own
+accounts it copies the other workers' lines to its output (so with several
 workers the list comes in no fixed order), adds up their counts and prints
-the progress; a worker that fails makes the whole run fail. Nothing is
+the progress. A worker that fails makes the whole run fail. Nothing is
 synced: a file whose deletion a crash undoes is simply deleted by the next
 run.
 
