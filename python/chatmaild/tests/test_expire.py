@@ -840,7 +840,7 @@ def test_jobs_default_to_the_usable_cpus_at_most_four_and_must_be_positive(
 )
 def test_bulk_name_matching_agrees_with_the_single_name_parser(name: str) -> None:
     names = ["1.a,S=1", name, "2.b,S=2"]
-    found = expire._MAILDIR_NAMES("\0" + "\0".join(names))
+    found = expire._MAILDIR_NAMES("\0".join(names))
     parsed = parse_maildir_name(name)
     expected = [("1.a,S=1", "1", "1")]
     if parsed is not None:

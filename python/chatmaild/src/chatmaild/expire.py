@@ -116,11 +116,8 @@ MAX_JOBS = 4
 # Dovecot's maildir file names: "<unix time>.<unique part>,S=<size>[,W=<size>][:2,<flags>]".
 # S= is the logical (uncompressed) size, which is what the quota counts.
 _MAILDIR_NAME = re.compile(r"^(?P<time>\d+)\..*?,S=(?P<size>\d+)")
-# The same over many names, each preceded by a NUL: (name, time, size) of each that matches.
-# Written for speed, as it sees every message of the relay: the leading NUL lets the engine
-# jump from name to name, and the runs between commas replace a lazy scan that tried
-# ",S=" at every character. It finds the same first ",S=<digits>" as the pattern above.
-_MAILDIR_NAMES = re.compile(r"\0((\d+)\.[^\0\n,]*(?:,(?!S=\d)[^\0\n,]*)*,S=(\d+)[^\0]*)").findall
+# The same over many names joined by NUL: (name, time, size) of each that matches.
+_MAILDIR_NAMES = re.compile(r"(?:^|\0)((\d+)\.[^\0\n]*?,S=(\d+)[^\0]*)").findall
 _ARRIVAL = operator.itemgetter(1)
 _SIZE = operator.itemgetter(2)
 
@@ -624,7 +621,7 @@ class Expiry:
             files = [entry.name for entry in listed if entry.is_file(follow_symlinks=False)]
         except OSError:
             return listed, 0, 0  # the per-entry path logs what cannot be read
-        found = _MAILDIR_NAMES("\0" + "\0".join(files))
+        found = _MAILDIR_NAMES("\0".join(files))
         mails, large = self.cutoffs.mails, self.cutoffs.large
         prefix = os.path.join(directory, "")
         # Whole columns at a time (map runs in C); a Python step only per expired message.
