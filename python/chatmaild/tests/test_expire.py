@@ -616,9 +616,9 @@ def test_deletions_run_in_a_pool_while_later_accounts_are_scanned_and_every_one_
     threads: set[str] = set()
     real_unlink = os.unlink
 
-    def unlink(path: str) -> None:
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
         threads.add(threading.current_thread().name)
-        real_unlink(path)
+        real_unlink(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(expire.os, "unlink", unlink)
     stats = run(config)
@@ -666,3 +666,220 @@ def test_only_regular_files_count_as_messages_whatever_their_names_say(
     assert inside.exists()
     assert not two_lines.exists() and not real.exists()
     assert (stats.files_removed, stats.bytes_removed) == (2, 7 + 5)
+
+
+# --- worker processes ----------------------------------------------------
+
+
+def make_mixed_relay(config: Config, accounts: int = 12) -> None:
+    """Accounts of every kind: inactive, active with old, young, large and unnamed messages,
+    a folder, an empty directory and one without password that is not empty."""
+    for i in range(accounts):
+        mailbox = make_account(config, f"user{i:03d}", login_age_days=100 if i % 5 == 0 else 1)
+        touch(mailbox / "cur" / maildir_name(30, 100, 1), age_days=30)
+        touch(mailbox / "cur" / maildir_name(3, 70, 2), age_days=3)
+        touch(mailbox / "cur" / maildir_name(8, LARGE_MESSAGE_BYTES + 1, 3), age_days=8)
+        touch(mailbox / "new" / maildir_name(25, 50, 4), age_days=25)
+        touch(mailbox / ".DeltaChat" / "cur" / maildir_name(21, 40, 5), age_days=21)
+        touch(mailbox / "tmp" / "unnamed", age_days=22, size=33)
+        touch(mailbox / "maildirsize", age_days=0)
+    (config.mailboxes_dir / f"empty@{DOMAIN}").mkdir()
+    touch(config.mailboxes_dir / f"stray@{DOMAIN}" / "cur" / "m", age_days=300)
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
+    """Exit code, stdout lines without the summary's duration, and stderr of one main() run."""
+    code = main(args, now=NOW)
+    captured = capsys.readouterr()
+    lines = [line.split(", in ")[0] if " seconds" in line else line for line in captured.out.splitlines()]
+    return code, lines, captured.err
+
+
+def test_worker_processes_list_and_count_exactly_what_one_process_does(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_mixed_relay(config)
+    base = [str(config.path), "-v", "--progress-every", "0"]
+
+    one = run_main(base + ["--jobs", "1"], capsys)
+    three = run_main(base + ["--jobs", "3"], capsys)
+
+    assert one[0] == three[0] == 0
+    assert sorted(three[1]) == sorted(one[1])  # the same lines, in any order
+    summary = [line for line in one[1] if line.startswith("Would remove ")]
+    assert summary[0].startswith("Would remove 3 out of 14 accounts (24 files, ")
+    assert "and 45 out of 72 files" in summary[0]
+    assert summary[1].startswith("Would remove 1 empty directories without a password; skipped 1")
+    # 3 inactive accounts, 5 messages in each of 9 others, the empty directory
+    assert sum(line.startswith("would remove ") for line in one[1]) == 3 + 9 * 5 + 1
+
+
+def test_worker_processes_remove_what_the_dry_run_listed(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_mixed_relay(config)
+    _, dry, _ = run_main([str(config.path), "-v", "--jobs", "1"], capsys)
+
+    code, real, _ = run_main([str(config.path), "-v", "--remove", "--jobs", "3"], capsys)
+
+    assert code == 0
+    listed = [line.replace("would remove", "removing") for line in dry if line.startswith("would remove ")]
+    assert sorted(listed) == sorted(line for line in real if line.startswith("removing "))
+    assert any(line.startswith("Removed 3 out of 14 accounts (24 files, ") for line in real)
+    left = sorted(p.relative_to(config.mailboxes_dir).as_posix() for p in config.mailboxes_dir.rglob("*")
+                  if p.is_file())
+    assert left == sorted(
+        [f"user{i:03d}@{DOMAIN}/{name}" for i in range(12) if i % 5
+         for name in ("password", f"cur/{maildir_name(3, 70, 2)}")]
+        + [f"stray@{DOMAIN}/cur/m"]
+    )
+
+
+def test_each_account_is_handled_once_by_one_of_several_processes(
+    config: Config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for i in range(20):
+        make_account(config, f"u{i:02d}")
+    seen = tmp_path / "seen"
+    real = Expiry.process_mailbox
+
+    def process_mailbox(self: Expiry, mailbox: str) -> None:
+        with open(seen, "a") as fp:  # O_APPEND: whole lines from every process
+            fp.write(f"{os.getpid()} {os.path.basename(mailbox)}\n")
+        real(self, mailbox)
+
+    monkeypatch.setattr(Expiry, "process_mailbox", process_mailbox)
+    stats = run_expire(config, now=NOW, remove=True, reporter=quiet_reporter(), jobs=3)
+
+    handled = [line.split() for line in seen.read_text().splitlines()]
+    assert sorted(name for _, name in handled) == sorted(f"u{i:02d}@{DOMAIN}" for i in range(20))
+    pids = {pid for pid, _ in handled}
+    assert len(pids) == 3 and str(os.getpid()) in pids  # this process is one of the workers
+    assert stats.accounts_scanned == 20
+
+
+@pytest.mark.parametrize("how", ["exits", "raises", "is killed"])
+def test_a_failing_worker_makes_the_job_fail_loudly_and_never_report_success(
+    config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    import signal
+
+    for i in range(10):
+        make_account(config, f"u{i}")
+    real = Expiry.process_mailbox
+    test_process = os.getpid()
+
+    def process_mailbox(self: Expiry, mailbox: str) -> None:
+        if os.getpid() != test_process:  # a forked worker, at its first account
+            if how == "exits":
+                os._exit(3)
+            if how == "raises":
+                raise RuntimeError("disk on fire")
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(self, mailbox)
+
+    monkeypatch.setattr(Expiry, "process_mailbox", process_mailbox)
+    code, out, err = run_main([str(config.path), "--remove", "--jobs", "2"], capsys)
+
+    assert code == 1
+    assert "FAILED" in err and "incomplete" in err
+    assert not any(line.startswith("Removed") for line in out)
+
+
+def test_progress_with_worker_processes_counts_every_account_once(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(7):
+        make_account(config, f"u{i}")
+
+    main([str(config.path), "--progress-every", "3", "--jobs", "3"], now=NOW)
+
+    captured = capsys.readouterr()
+    progress = [line for line in captured.err.splitlines() if line.startswith("expire:")]
+    assert [line.split(" accounts")[0] for line in progress] == ["expire: 3", "expire: 6"]
+    assert "expire:" not in captured.out
+
+
+def test_maxnum_counts_across_all_accounts_even_when_jobs_are_asked_for(config: Config) -> None:
+    for i in range(5):
+        make_account(config, f"u{i}", login_age_days=100)
+
+    stats = run_expire(config, now=NOW, remove=True, reporter=quiet_reporter(), maxnum=2, jobs=3)
+
+    assert stats.accounts_scanned == 2
+    assert len(list(config.mailboxes_dir.iterdir())) == 3
+
+
+def test_jobs_default_to_the_usable_cpus_at_most_four_and_must_be_positive(
+    config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(expire.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert expire.default_jobs() == expire.MAX_JOBS == 4
+    monkeypatch.setattr(expire.os, "sched_getaffinity", lambda pid: {0})
+    assert expire.default_jobs() == 1
+
+    with pytest.raises(SystemExit):
+        main([str(config.path), "--jobs", "0"])
+    assert "'0' is not at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "1700000000.M1P2.host,S=1234,W=1260:2,S",
+        "1700000000.M1P2.host,W=1260,S=99:2,",
+        "1700000000.M1P2.host:2,S",
+        "1700000000.a,S=x,S=5,W=3:2,",
+        "1700000000.a,,S=5",
+        "1700000000.a\n,S=5",
+        "1700000000.a,S=5\nrest",
+        "170.a,b,c,S=0",
+        "x1700000000.a,S=5",
+        "dovecot.index",
+    ],
+)
+def test_bulk_name_matching_agrees_with_the_single_name_parser(name: str) -> None:
+    names = ["1.a,S=1", name, "2.b,S=2"]
+    found = expire._MAILDIR_NAMES("\0".join(names))
+    parsed = parse_maildir_name(name)
+    expected = [("1.a,S=1", "1", "1")]
+    if parsed is not None:
+        expected.append((name, str(parsed[0]), str(parsed[1])))
+    expected.append(("2.b,S=2", "2", "2"))
+    assert found == expected
+
+
+def test_deletion_never_follows_a_message_directory_replaced_by_a_symbolic_link(tmp_path: Path) -> None:
+    """Between the scan and the deletion, cur/ became a link to elsewhere: nothing there goes."""
+    mailbox = tmp_path / f"user@{DOMAIN}"
+    outside = touch(tmp_path / "elsewhere" / "m", age_days=30)
+    kept = touch(mailbox / "new" / "k", age_days=30)
+    mailbox.joinpath("cur").symlink_to(tmp_path / "elsewhere")
+
+    done = expire._unlink_all(str(mailbox), [str(mailbox / "cur" / "m"), str(mailbox / "new" / "k")],
+                              forget_quota=False)
+
+    assert done == [False, True]
+    assert outside.exists() and not kept.exists()
+
+
+def test_worker_processes_share_the_deleting_threads(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many more unlinks in flight than REMOVE_WORKERS only contend in the kernel."""
+    import concurrent.futures
+
+    sizes: list[int] = []
+    real = concurrent.futures.ThreadPoolExecutor
+
+    def pool(max_workers: int, **kwargs: str) -> concurrent.futures.ThreadPoolExecutor:
+        sizes.append(max_workers)
+        return real(max_workers, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", pool)
+    make_account(config)
+    run_expire(config, now=NOW, remove=True, reporter=quiet_reporter(), jobs=2)  # this process: worker 1
+    run_expire(config, now=NOW, remove=True, reporter=quiet_reporter(), jobs=16)
+    run_expire(config, now=NOW, remove=True, reporter=quiet_reporter())
+
+    assert sizes == [expire.REMOVE_WORKERS // 2, expire.MIN_REMOVE_WORKERS, expire.REMOVE_WORKERS]
