@@ -308,14 +308,7 @@ def iter_mailboxes(mailboxes_dir: Path) -> Iterator[os.DirEntry[str]]:
 
 def _unlink(path: str) -> bool:
     """Delete a file; False if it was already gone or cannot be deleted (logged)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        log.warning("cannot delete %s: %s", path, exc)
-        return False
-    return True
+    return _unlink_in(None, path, path)
 
 
 # A handle for *at() calls only (no read permission needed), never through a symbolic link.
@@ -333,8 +326,9 @@ def _open_parent(path: str) -> int | None:
         return None
 
 
-def _unlink_in(directory: int, name: str, path: str) -> bool:
-    """:func:`_unlink` of ``name`` in the open ``directory`` (``path`` names it in the log)."""
+def _unlink_in(directory: int | None, name: str, path: str) -> bool:
+    """Delete ``name`` in the open ``directory`` (None: ``name`` is a path); False if it was
+    already gone or cannot be deleted (logged, ``path`` naming it)."""
     try:
         os.unlink(name, dir_fd=directory)
     except FileNotFoundError:

@@ -73,12 +73,13 @@ class User:
 
         Returns whether this call created it, and the hash the account now
         has: ``password_hash``, or what the existing file holds (None for an
-        empty file: an operator's block, which a login must not undo). The file is written under a temporary name and
-        hard-linked to ``password``: the link either makes the complete file
-        appear at once or fails because the name exists, so concurrent first
-        logins, in this process or another, need no lock, and exactly one of
-        them creates the account. The encryption marker is made before the
-        account exists.
+        empty file: an operator's block, which a login must not undo).
+
+        The file is written under a temporary name and hard-linked to
+        ``password``: the link either makes the complete file appear at once
+        or fails because the name exists, so concurrent first logins, in this
+        process or another, need no lock, and exactly one of them creates the
+        account. The encryption marker is made before the account exists.
         """
         try:
             os.mkdir(self.maildir)
