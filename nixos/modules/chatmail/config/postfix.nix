@@ -105,6 +105,14 @@ in
 
     # Final delivery drops headers that only leak metadata into mailboxes.
     lmtp_header_checks = map' "lmtp_header_cleanup";
+    # One LMTP delivery at a time per account (a recipient limit of 1 makes the concurrency
+    # limit count per recipient, postconf(5)); different accounts still get theirs in
+    # parallel. dedupe.sieve's duplicate records are read and written back by each
+    # delivery, so two deliveries to one account at once could lose one's record, and a
+    # resent copy would then be stored a second time (seen in the lab's kill tests during
+    # a burst of 100 messages to one account).
+    lmtp_destination_recipient_limit = 1;
+    lmtp_destination_concurrency_limit = 1;
     # Header checks see top-level headers only, never MIME part headers or body text.
     disable_mime_input_processing = true;
 
